@@ -1,0 +1,23 @@
+"""Decoding strategies as pure functions, and the parameters that choose between them."""
+
+from seq2seq.decoding.functions import (
+    beam_candidates,
+    filter_logits,
+    forbid_eos,
+    greedy,
+    length_penalty,
+    sample,
+)
+from seq2seq.decoding.params import DecodeParams, FinishReason, Strategy
+
+__all__ = [
+    "DecodeParams",
+    "FinishReason",
+    "Strategy",
+    "beam_candidates",
+    "filter_logits",
+    "forbid_eos",
+    "greedy",
+    "length_penalty",
+    "sample",
+]

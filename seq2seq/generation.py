@@ -1,0 +1,298 @@
+"""A decoder batch that requests join and leave at every step (continuous batching).
+
+:class:`GenerationBatch` owns one :class:`DecoderState` whose rows belong to many
+requests: one row for a greedy or sampled request, ``beam_size`` rows for a beam-search
+request (beams are ordinary rows of the same batch). Each :meth:`GenerationBatch.step`
+
+1. runs ONE decoder step for all rows,
+2. picks tokens per request with the pure functions of :mod:`seq2seq.decoding`,
+3. retires finished requests and reorders beams with a single ``state.select``.
+
+:meth:`add` encodes new requests as one batch and concatenates them into the running
+state, so a new request never waits for the others to finish. Static batching (fill, then
+run to completion) and one-at-a-time decoding are the same object used differently.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from seq2seq.config import BOS_ID, EOS_ID, PAD_ID
+from seq2seq.decoding import (
+    DecodeParams,
+    FinishReason,
+    Strategy,
+    beam_candidates,
+    filter_logits,
+    forbid_eos,
+    greedy,
+    length_penalty,
+    sample,
+)
+from seq2seq.model import Seq2Seq
+from seq2seq.state import DecoderState
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    id: str
+    src_ids: Sequence[int]  # source piece ids, no BOS/EOS
+    params: DecodeParams = DecodeParams()
+
+    def __post_init__(self) -> None:
+        if not self.src_ids:
+            raise ValueError("source is empty")
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    tokens: list[int]  # generated ids, EOS excluded
+    score: float  # sum of token log-probs
+    normalized: float  # score / length penalty: what beams are ranked by
+    finish_reason: FinishReason
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    request_id: str
+    token: int | None = None  # the new token of a greedy / sampled request (never EOS)
+    finished: list[Hypothesis] | None = None  # n_best hypotheses, best first, once the request is done
+
+
+@dataclass
+class _Sequence:
+    """Bookkeeping of one request's rows; row order in the batch follows ``GenerationBatch.active``."""
+
+    request: GenerationRequest
+    histories: list[list[int]]  # per live row: tokens so far
+    scores: list[float]  # per live row: cumulative log-prob
+    generator: torch.Generator | None = None
+    finished: list[Hypothesis] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return len(self.histories)
+
+    @property
+    def length(self) -> int:
+        return len(self.histories[0])
+
+
+class GenerationBatch:
+    def __init__(self, model: Seq2Seq, device: torch.device | str = "cpu") -> None:
+        self.model = model
+        self.device = torch.device(device)
+        self.state: DecoderState | None = None
+        self.last_tokens = torch.empty(0, dtype=torch.long, device=self.device)  # (B,)
+        self.active: list[_Sequence] = []
+
+    def __len__(self) -> int:
+        """Rows in the batch."""
+        return len(self.last_tokens)
+
+    @property
+    def request_ids(self) -> list[str]:
+        return [s.request.id for s in self.active]
+
+    # -- joining ---------------------------------------------------------------------------
+    def add(self, requests: Sequence[GenerationRequest]) -> None:
+        """Encode ``requests`` as one batch and append their rows (``beam_size`` each)."""
+        if not requests:
+            return
+        width = max(len(r.src_ids) for r in requests)
+        src = torch.full((len(requests), width), PAD_ID, dtype=torch.long)
+        for i, r in enumerate(requests):
+            src[i, : len(r.src_ids)] = torch.as_tensor(list(r.src_ids), dtype=torch.long)
+        lengths = torch.tensor([len(r.src_ids) for r in requests])
+        state = self.model.encode(src.to(self.device, non_blocking=True), lengths)
+        rows = [r.params.rows for r in requests]
+        if any(n > 1 for n in rows):
+            tile = torch.repeat_interleave(torch.arange(len(requests)), torch.tensor(rows))
+            state = state.select(tile)
+        self.state = state if self.state is None else DecoderState.concat([self.state, state])
+        bos = torch.full((sum(rows),), BOS_ID, dtype=torch.long, device=self.device)
+        self.last_tokens = torch.cat([self.last_tokens, bos])
+        for r in requests:
+            k = r.params.rows
+            generator = None
+            if r.params.strategy is Strategy.SAMPLE:
+                generator = torch.Generator()
+                generator.manual_seed(r.params.seed if r.params.seed is not None else torch.seed())
+            # Beam rows start as copies of one hypothesis: only the first may be extended at step 0.
+            scores = [0.0] + [float("-inf")] * (k - 1)
+            self.active.append(_Sequence(r, [[] for _ in range(k)], scores, generator))
+
+    # -- leaving ---------------------------------------------------------------------------
+    def remove(self, request_ids: set[str]) -> list[str]:
+        """Drop the rows of these requests (cancelled, timed out); returns the ids that were here."""
+        keep_rows: list[int] = []
+        kept: list[_Sequence] = []
+        removed: list[str] = []
+        offset = 0
+        for seq in self.active:
+            if seq.request.id in request_ids:
+                removed.append(seq.request.id)
+            else:
+                keep_rows.extend(range(offset, offset + seq.rows))
+                kept.append(seq)
+            offset += seq.rows
+        if removed:
+            self._reindex(keep_rows, self.last_tokens[keep_rows].tolist() if keep_rows else [])
+            self.active = kept
+        return removed
+
+    def _reindex(self, rows: list[int], tokens: list[int]) -> None:
+        if not rows:
+            self.state = None
+            self.last_tokens = torch.empty(0, dtype=torch.long, device=self.device)
+            return
+        assert self.state is not None
+        if rows != list(range(len(self.state))):
+            self.state = self.state.select(torch.tensor(rows, device=self.device))
+        self.last_tokens = torch.tensor(tokens, dtype=torch.long, device=self.device)
+
+    # -- stepping --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[StepEvent]:
+        """One decoder step for every row; returns new tokens and finished requests."""
+        if self.state is None:
+            return []
+        # 1. one decoder step for all rows
+        logprobs, state = self.model.decode_step(self.last_tokens, self.state)  # (B, V)
+        self.state = state
+        # 2. per-row constraints and token choice
+        row_seqs = [seq for seq in self.active for _ in range(seq.rows)]
+        no_eos = torch.tensor([seq.length < seq.request.params.min_length for seq in row_seqs], device=self.device)
+        logprobs = forbid_eos(logprobs, no_eos)
+        chosen = self._choose_single(logprobs, row_seqs)  # (token, logprob) per row of greedy/sampled requests
+        # 3. advance every request, collect the rows that continue
+        events: list[StepEvent] = []
+        keep_rows: list[int] = []
+        next_tokens: list[int] = []
+        still_active: list[_Sequence] = []
+        offset = 0
+        for seq in self.active:
+            if seq.request.params.strategy is Strategy.BEAM:
+                rows, tokens = self._advance_beam(seq, logprobs[offset : offset + seq.rows])
+                rows = [offset + r for r in rows]
+            else:
+                rows, tokens = self._advance_single(seq, *chosen[offset])
+                rows = [offset] if rows else []
+                if tokens:
+                    events.append(StepEvent(seq.request.id, token=tokens[0]))
+            if rows:
+                keep_rows.extend(rows)
+                next_tokens.extend(tokens)
+                still_active.append(seq)
+            else:
+                events.append(StepEvent(seq.request.id, finished=self._best(seq)))
+            offset += seq.rows
+        self.active = still_active
+        self._reindex(keep_rows, next_tokens)
+        return events
+
+    def _choose_single(self, logprobs: torch.Tensor, row_seqs: list[_Sequence]) -> list[tuple[int, float]]:
+        """Greedy argmax for every row, replaced by a sample on rows of sampling requests."""
+        tokens = greedy(logprobs)  # (B,)
+        sampled = [i for i, seq in enumerate(row_seqs) if seq.generator is not None]
+        if sampled:
+            params = [row_seqs[i].request.params for i in sampled]
+            probs = filter_logits(
+                logprobs[sampled],
+                torch.tensor([p.temperature for p in params], device=self.device),
+                torch.tensor([p.top_k for p in params], device=self.device),
+                torch.tensor([p.top_p for p in params], device=self.device),
+            )
+            generators = [row_seqs[i].generator for i in sampled]
+            tokens[sampled] = sample(probs, generators)  # type: ignore[arg-type]
+        scores = logprobs.gather(1, tokens[:, None]).squeeze(1)
+        return list(zip(tokens.tolist(), scores.tolist(), strict=True))
+
+    @staticmethod
+    def _advance_single(seq: _Sequence, token: int, logprob: float) -> tuple[list[int], list[int]]:
+        params = seq.request.params
+        seq.scores[0] += logprob
+        if token == EOS_ID:
+            seq.finished.append(_hypothesis(seq.histories[0], seq.scores[0], params, FinishReason.EOS))
+            return [], []
+        seq.histories[0].append(token)
+        if seq.length >= params.max_length:
+            seq.finished.append(_hypothesis(seq.histories[0], seq.scores[0], params, FinishReason.LENGTH))
+            return [], []
+        return [0], [token]
+
+    @staticmethod
+    def _advance_beam(seq: _Sequence, logprobs: torch.Tensor) -> tuple[list[int], list[int]]:
+        """Extend one request's beams; returns (source beam per new row, token per new row)."""
+        params = seq.request.params
+        k = params.beam_size
+        scores = torch.tensor(seq.scores, dtype=logprobs.dtype, device=logprobs.device)
+        best, beams, tokens = beam_candidates(logprobs, scores, 2 * k)
+        rows: list[int] = []
+        new_tokens: list[int] = []
+        histories: list[list[int]] = []
+        new_scores: list[float] = []
+        for score, beam, token in zip(best.tolist(), beams.tolist(), tokens.tolist(), strict=True):
+            if score == float("-inf") or len(rows) == k:
+                break
+            if token == EOS_ID:
+                if len(seq.finished) < k:
+                    seq.finished.append(_hypothesis(seq.histories[beam], score, params, FinishReason.EOS))
+                continue
+            rows.append(beam)
+            new_tokens.append(token)
+            histories.append([*seq.histories[beam], token])
+            new_scores.append(score)
+        if histories and len(histories[0]) >= params.max_length:
+            for history, score in zip(histories, new_scores, strict=True):
+                seq.finished.append(_hypothesis(history, score, params, FinishReason.LENGTH))
+            return [], []
+        if len(seq.finished) >= k or not rows:  # early stopping: k hypotheses ended with EOS
+            return [], []
+        seq.histories, seq.scores = histories, new_scores
+        return rows, new_tokens
+
+    @staticmethod
+    def _best(seq: _Sequence) -> list[Hypothesis]:
+        ranked = sorted(seq.finished, key=lambda h: h.normalized, reverse=True)
+        return ranked[: seq.request.params.n_best]
+
+
+def _hypothesis(tokens: list[int], score: float, params: DecodeParams, reason: FinishReason) -> Hypothesis:
+    norm = score / length_penalty(len(tokens), params.length_penalty) if params.beam_size > 1 else score
+    return Hypothesis(list(tokens), score, norm, reason)
+
+
+def generate(
+    model: Seq2Seq,
+    requests: Sequence[GenerationRequest],
+    max_rows: int = 64,
+    device: torch.device | str = "cpu",
+    on_event: Callable[[StepEvent], None] | None = None,
+) -> dict[str, list[Hypothesis]]:
+    """Decode ``requests`` offline with continuous batching; returns hypotheses by request id.
+
+    Requests are admitted longest-source-first whenever rows are free, so the batch
+    stays full until the queue is empty (used by evaluation and tests).
+    """
+    pending = deque(sorted(requests, key=lambda r: len(r.src_ids), reverse=True))
+    batch = GenerationBatch(model, device)
+    results: dict[str, list[Hypothesis]] = {}
+    with torch.inference_mode():
+        while pending or batch.active:
+            admit: list[GenerationRequest] = []
+            rows = len(batch)
+            while pending and (rows + pending[0].params.rows <= max_rows or not (admit or batch.active)):
+                rows += pending[0].params.rows
+                admit.append(pending.popleft())
+            batch.add(admit)
+            for event in batch.step():
+                if on_event is not None:
+                    on_event(event)
+                if event.finished is not None:
+                    results[event.request_id] = event.finished
+    return results

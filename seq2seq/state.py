@@ -1,0 +1,92 @@
+"""Decoder state: the per-row tensors that carry a batch from one decoder step to the next.
+
+One row per hypothesis (a request, or one beam of a request). Continuous batching and
+beam search only ever need three operations on it, all of which return new objects:
+
+- ``select(index)``: keep / reorder / repeat rows (drop finished requests, reorder beams
+  by back-pointer, tile a request into ``beam_size`` rows);
+- ``concat(states)``: merge freshly encoded requests into the running batch;
+- ``len(state)``: the number of rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class DecoderState:
+    h: torch.Tensor  # (L, B, H) LSTM hidden state
+    c: torch.Tensor  # (L, B, H) LSTM cell state
+    memory: torch.Tensor | None = None  # (B, S, H) encoder outputs (attention only)
+    keys: torch.Tensor | None = None  # (B, S, H) memory projected for scoring (attention only)
+    src_mask: torch.Tensor | None = None  # (B, S) True on real source tokens (attention only)
+    context: torch.Tensor | None = None  # (B, H) fixed context vector (context-every-step only)
+
+    def __len__(self) -> int:
+        return self.h.size(1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.h.device
+
+    def select(self, index: torch.Tensor) -> DecoderState:
+        """Rows ``index`` (B',) of this state, with memory trimmed to their longest source."""
+        index = index.to(self.h.device)
+        memory = keys = mask = None
+        if self.memory is not None:
+            assert self.keys is not None and self.src_mask is not None
+            mask = self.src_mask.index_select(0, index)  # (B', S)
+            width = int(mask.sum(1).max().item()) if len(index) else 0
+            mask = mask[:, :width]
+            memory = self.memory.index_select(0, index)[:, :width]
+            keys = self.keys.index_select(0, index)[:, :width]
+        return DecoderState(
+            h=self.h.index_select(1, index),
+            c=self.c.index_select(1, index),
+            memory=memory,
+            keys=keys,
+            src_mask=mask,
+            context=None if self.context is None else self.context.index_select(0, index),
+        )
+
+    @staticmethod
+    def concat(states: list[DecoderState]) -> DecoderState:
+        """All rows of ``states`` in order; memory and masks are padded once to the widest source."""
+        if not states:
+            raise ValueError("concat needs at least one state")
+        if len(states) == 1:
+            return states[0]
+        first = states[0]
+        memory = keys = mask = None
+        if first.memory is not None:
+            width = max(s.memory.size(1) for s in states)  # type: ignore[union-attr]
+            memory = torch.cat([_pad_time(s.memory, width) for s in states], 0)  # type: ignore[arg-type]
+            keys = torch.cat([_pad_time(s.keys, width) for s in states], 0)  # type: ignore[arg-type]
+            mask = torch.cat([_pad_time(s.src_mask, width) for s in states], 0)  # type: ignore[arg-type]
+        context = None
+        if first.context is not None:
+            context = torch.cat([s.context for s in states], 0)  # type: ignore[misc]
+        return DecoderState(
+            h=torch.cat([s.h for s in states], 1),
+            c=torch.cat([s.c for s in states], 1),
+            memory=memory,
+            keys=keys,
+            src_mask=mask,
+            context=context,
+        )
+
+    def with_lstm(self, h: torch.Tensor, c: torch.Tensor) -> DecoderState:
+        return replace(self, h=h, c=c)
+
+
+def _pad_time(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Right-pad dim 1 of ``x`` (B, S, ...) with zeros (False for masks) to ``width``."""
+    missing = width - x.size(1)
+    if missing == 0:
+        return x
+    pad = [0, 0] * (x.dim() - 2) + [0, missing]
+    return F.pad(x, pad)

@@ -1,0 +1,109 @@
+"""SentencePiece tokenizer with the special ids every model of this project relies on.
+
+Every tokenizer the pipeline trains has ``<pad>`` = 0, ``<unk>`` = 1, ``<s>`` (BOS) = 2 and
+``</s>`` (EOS) = 3; :meth:`Tokenizer.load` checks this, so a model can never be paired
+with a tokenizer whose ids mean something else.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from pathlib import Path
+
+import sentencepiece as spm
+
+from seq2seq.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+
+class TokenizerError(ValueError):
+    pass
+
+
+class Tokenizer:
+    def __init__(self, processor: spm.SentencePieceProcessor, path: Path | None = None) -> None:
+        self.sp = processor
+        self.path = path
+        expected = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
+        actual = {
+            "pad": processor.pad_id(),
+            "unk": processor.unk_id(),
+            "bos": processor.bos_id(),
+            "eos": processor.eos_id(),
+        }
+        if actual != expected:
+            raise TokenizerError(f"tokenizer {path or ''} has special ids {actual}, expected {expected}")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        path = Path(path)
+        processor = spm.SentencePieceProcessor()
+        try:
+            processor.Load(str(path))
+        except (OSError, RuntimeError) as exc:
+            raise TokenizerError(f"cannot load tokenizer {path}: {exc}") from exc
+        return cls(processor, path)
+
+    @classmethod
+    def train(
+        cls,
+        sentences: Iterable[str],
+        model_prefix: str | Path,
+        vocab_size: int,
+        model_type: str = "unigram",
+        character_coverage: float = 1.0,
+    ) -> Tokenizer:
+        """Train a SentencePiece model on ``sentences`` and write ``<model_prefix>.model``."""
+        model = io.BytesIO()
+        spm.SentencePieceTrainer.Train(
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            hard_vocab_limit=False,
+            num_threads=1,
+            minloglevel=2,
+        )
+        path = Path(f"{model_prefix}.model")
+        path.write_bytes(model.getvalue())
+        return cls.load(path)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.GetPieceSize()
+
+    def encode(self, text: str) -> list[int]:
+        """Text -> piece ids, without BOS/EOS."""
+        return self.sp.EncodeAsIds(text)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.sp.DecodeIds([i for i in ids if i > EOS_ID])
+
+
+class IncrementalDetokenizer:
+    """Turns a growing list of ids into text deltas that concatenate to ``decode(ids)``.
+
+    Decoding piece by piece loses the spaces SentencePiece encodes as ``▁``; decoding the
+    whole prefix and emitting only what is new keeps them.
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids)
+        if not text.startswith(self.text):
+            # A piece changed how earlier ones render (rare, e.g. byte fallback): hold the
+            # delta back until the text extends what was already emitted again.
+            return ""
+        delta = text[len(self.text) :]
+        self.text = text
+        return delta

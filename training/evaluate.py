@@ -1,0 +1,150 @@
+"""Evaluate a model on a test set: perplexity and sacreBLEU (cased and lowercased), greedy and beam.
+
+    python -m training.evaluate --run-dir runs/translate-de-en            # best weights of a run
+    python -m training.evaluate --model-dir model_store/translate-de-en/1  # a packaged model
+
+Decoding goes through :func:`seq2seq.generation.generate`, the same batch code the
+service runs, so the reported BLEU is what the server produces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from sacrebleu.metrics import BLEU
+
+from seq2seq.checkpoint import load_model_dir, load_weights
+from seq2seq.config import ModelConfig
+from seq2seq.decoding import DecodeParams
+from seq2seq.generation import GenerationRequest, generate
+from seq2seq.model import Seq2Seq
+from seq2seq.tokenizer import Tokenizer
+from training.data import Pair, encode_pairs, load_corpus
+from training.train import evaluate_loss
+
+log = logging.getLogger("training.evaluate")
+
+
+def load_run(run_dir: Path, weights: str = "best.safetensors") -> tuple[Seq2Seq, Tokenizer, Tokenizer, dict[str, Any]]:
+    info = json.loads((run_dir / "run.json").read_text())
+    model = Seq2Seq(ModelConfig.from_dict(info["model"]))
+    load_weights(model, run_dir / weights)
+    model.eval()
+    return model, Tokenizer.load(run_dir / "source.model"), Tokenizer.load(run_dir / "target.model"), info
+
+
+def translate_all(
+    model: Seq2Seq, src_tok: Tokenizer, tgt_tok: Tokenizer, sources: list[str], params: DecodeParams, max_rows: int = 96
+) -> list[str]:
+    requests = [GenerationRequest(str(i), src_tok.encode(s), params) for i, s in enumerate(sources)]
+    results = generate(model, requests, max_rows=max_rows)
+    return [tgt_tok.decode(results[str(i)][0].tokens) for i in range(len(sources))]
+
+
+def bleu_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    cased, lower = BLEU(), BLEU(lowercase=True)
+    return {
+        "bleu": round(cased.corpus_score(hypotheses, [references]).score, 2),
+        "bleu_lc": round(lower.corpus_score(hypotheses, [references]).score, 2),
+        "signature": str(cased.get_signature()),
+        "signature_lc": str(lower.get_signature()),
+    }
+
+
+def evaluate(
+    model: Seq2Seq,
+    src_tok: Tokenizer,
+    tgt_tok: Tokenizer,
+    test: list[Pair],
+    beam_size: int = 5,
+    length_penalty: float = 1.0,
+    max_length: int = 100,
+) -> dict[str, Any]:
+    sources = [s for s, _ in test]
+    references = [t for _, t in test]
+    nll = evaluate_loss(model, encode_pairs(test, src_tok, tgt_tok, 10_000), 4000, "cpu")
+    result: dict[str, Any] = {"sentences": len(test), "test_loss": round(nll, 4), "test_ppl": round(math.exp(nll), 2)}
+    for name, params in (
+        ("greedy", DecodeParams(max_length=max_length)),
+        ("beam", DecodeParams(max_length=max_length, beam_size=beam_size, length_penalty=length_penalty)),
+    ):
+        t0 = time.monotonic()
+        hyps = translate_all(model, src_tok, tgt_tok, sources, params)
+        seconds = time.monotonic() - t0
+        result[name] = {
+            **bleu_scores(hyps, references),
+            "decoding": {
+                "beam_size": params.beam_size,
+                "length_penalty": params.length_penalty if params.beam_size > 1 else None,
+                "max_length": max_length,
+            },
+            "seconds": round(seconds, 1),
+            "examples": [
+                {"source": s, "reference": r, "output": h}
+                for s, r, h in list(zip(sources, references, hyps, strict=True))[:3]
+            ],
+        }
+        log.info(
+            "%s: BLEU %.2f (lowercased %.2f) in %.0fs", name, result[name]["bleu"], result[name]["bleu_lc"], seconds
+        )
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--run-dir", type=Path)
+    where.add_argument("--model-dir", type=Path)
+    p.add_argument("--corpus", help="default: the run's corpus (run dir) or multi30k")
+    p.add_argument("--src", help="default: the run's / manifest's source language")
+    p.add_argument("--tgt", help="default: the run's / manifest's target language")
+    p.add_argument("--beam-size", type=int, default=5)
+    p.add_argument("--length-penalty", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, help="write the results as JSON here (default: <run-dir>/eval.json)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.run_dir:
+        model, src_tok, tgt_tok, info = load_run(args.run_dir)
+        run_args = info["args"]
+        corpus = load_corpus(
+            args.corpus or run_args["corpus"],
+            Path(run_args["data_dir"]),
+            args.src or run_args["src"],
+            args.tgt or run_args["tgt"],
+            int(run_args["seed"]),
+        )
+    else:
+        loaded = load_model_dir(args.model_dir)
+        model, src_tok, tgt_tok = loaded.model, loaded.source_tokenizer, loaded.target_tokenizer
+        m = loaded.manifest
+        corpus = load_corpus(
+            args.corpus or "multi30k", src=args.src or m["source_lang"], tgt=args.tgt or m["target_lang"]
+        )
+    result = evaluate(model, src_tok, tgt_tok, corpus.test, args.beam_size, args.length_penalty)
+    result["test_set"] = (
+        corpus.provenance.get("splits", {}).get("test", "test")
+        if isinstance(corpus.provenance.get("splits"), dict)
+        else "held-out 5%"
+    )
+    out = args.out or (args.run_dir / "eval.json" if args.run_dir else None)
+    if out:
+        out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print(
+        json.dumps(
+            {k: v for k, v in result.items() if k in ("test_ppl", "greedy", "beam")}, indent=1, ensure_ascii=False
+        )[:2000]
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Package a trained run as a versioned model directory in ``model_store/``.
+
+    python -m training.export translate-de-en [--version 1] [--model-store model_store]
+
+Reads the run of that recipe (``runs/<name>``: best weights, tokenizers, ``run.json``,
+``trainer_state.json``, ``eval.json``) and writes ``model_store/<name>/<version>/`` with
+a manifest holding the config, checksums, provenance and evaluation results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from seq2seq.checkpoint import load_model_dir, save_model_dir
+from training.evaluate import load_run
+from training.recipes import RECIPES, RUNS_DIR
+
+MODEL_STORE = Path(__file__).resolve().parents[1] / "model_store"
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return cpu
+
+
+def build_manifest(name: str, version: str, run_dir: Path) -> dict[str, Any]:
+    recipe = RECIPES[name]
+    info = json.loads((run_dir / "run.json").read_text())
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    evaluation = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else None
+    threads = info.get("threads", 1)
+    return {
+        "name": name,
+        "version": version,
+        "task": recipe.task,
+        "source_lang": recipe.src,
+        "target_lang": recipe.tgt,
+        "description": recipe.description,
+        "architecture": info["model"]["architecture"],
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "training": {
+            "data": info["provenance"],
+            "data_sizes": info["data_sizes"],
+            "recipe": f"python -m training.recipes train {name}",
+            "hyperparameters": {
+                k: v
+                for k, v in info["args"].items()
+                if v is not None and k not in ("run_dir", "data_dir", "tokenizers_from", "time_budget", "threads")
+            },
+            "epochs": state["epoch"],
+            "best_epoch": state["best_epoch"],
+            "best_val_loss": round(state["best_val_loss"], 4),
+            "training_time_s": round(state["elapsed_s"]),
+            "hardware": f"{hardware()}, {threads} thread(s), CPU",
+            "torch": info["torch"],
+            "history": state["history"],
+        },
+        "evaluation": evaluation,
+    }
+
+
+def export(name: str, version: str = "1", runs_dir: Path = RUNS_DIR, model_store: Path = MODEL_STORE) -> Path:
+    run_dir = runs_dir / name
+    model, _, _, _ = load_run(run_dir)
+    extras = tuple(p for p in (run_dir / "training_curve.json", run_dir / "training_curve.png") if p.exists())
+    out = save_model_dir(
+        model_store / name / version,
+        model,
+        build_manifest(name, version, run_dir),
+        run_dir / "source.model",
+        run_dir / "target.model",
+        extras,
+    )
+    load_model_dir(out)  # the directory must load cleanly (checksums, config/weights agreement)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", choices=sorted(RECIPES))
+    p.add_argument("--version", default="1")
+    p.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
+    p.add_argument("--model-store", type=Path, default=MODEL_STORE)
+    args = p.parse_args(argv)
+    print(export(args.name, args.version, args.runs_dir, args.model_store))
+
+
+if __name__ == "__main__":
+    main()
