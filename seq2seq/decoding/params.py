@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Strategy(str, Enum):
+class Strategy(StrEnum):
     GREEDY = "greedy"
     SAMPLE = "sample"
     BEAM = "beam"
 
 
-class FinishReason(str, Enum):
+class FinishReason(StrEnum):
     """Every way a hypothesis can end."""
 
     EOS = "eos"  # the model produced end-of-sequence
