@@ -1,0 +1,111 @@
+"""POST /chat: a reply from a chat model, whole or streamed as Server-Sent Events.
+
+Stream format (``"stream": true``)::
+
+    event: token   data: {"text": "<new text>"}                  one per generated token
+    event: done    data: {<ChatResponse>}                        the whole reply, last
+    event: error   data: {"error": {"code": ..., "message": ...}} instead of done, on failure
+
+Token deltas come from incremental detokenization, so they concatenate to the reply with
+its spaces intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from seq2seq.generation import Hypothesis
+from seq2seq.tokenizer import IncrementalDetokenizer, Tokenizer
+from service.api.errors import ERROR_RESPONSES
+from service.api.generation import Prepared, prepare, submit, wait_all
+from service.deps import RegistryDep, SettingsDep
+from service.engine.streams import ErrorEvent, FinalEvent, RequestStream, TokenEvent
+from service.errors import DeadlineExceeded
+from service.schemas import ChatRequest, ChatResponse
+
+router = APIRouter(tags=["chat"])
+
+
+def source_text(body: ChatRequest, manifest: dict[str, Any]) -> str:
+    """The model's input: the message, preceded by as many earlier turns as the model was trained with.
+
+    The bundled chat models were trained on single question -> answer pairs
+    (``chat.context_turns`` 0 or absent), so for them the history does not change the input.
+    """
+    turns = int((manifest.get("chat") or {}).get("context_turns", 0))
+    context = [t.content for t in body.history[-turns:]] if turns else []
+    return " ".join([*context, body.message])
+
+
+def _response(prepared: Prepared, hyp: Hypothesis, tokenizer: Tokenizer) -> ChatResponse:
+    return ChatResponse(
+        model=prepared.entry.name,
+        version=prepared.entry.version,
+        reply=tokenizer.decode(hyp.tokens),
+        score=hyp.score,
+        tokens=len(hyp.tokens),
+        finish_reason=hyp.finish_reason.value,
+    )
+
+
+def sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+@router.post(
+    "/chat",
+    response_model=ChatResponse,
+    responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}, "description": "reply, or SSE stream"}},
+)
+async def chat(body: ChatRequest, request: Request, registry: RegistryDep, settings: SettingsDep):
+    """Reply to ``message``. With ``stream: true`` the reply arrives token by token as SSE."""
+    entry = registry.resolve("chat", body.model, None, body.language)
+    request.state.model = entry.name
+    prepared = prepare(entry, registry, [source_text(body, entry.manifest)], ["message"], body, settings)
+    streams = submit(prepared)
+    tokenizer = prepared.engine.runner.loaded.target_tokenizer
+    if not body.stream:
+        (hyps,) = await wait_all(prepared, streams, request)
+        request.state.generated_tokens = len(hyps[0].tokens)
+        return _response(prepared, hyps[0], tokenizer)
+    return StreamingResponse(
+        _events(prepared, streams[0], tokenizer, request),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _events(
+    prepared: Prepared, stream: RequestStream, tokenizer: Tokenizer, request: Request
+) -> AsyncIterator[str]:
+    detok = IncrementalDetokenizer(tokenizer)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + prepared.timeout_s + 2.0
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(stream.next(), timeout=max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                yield sse("error", DeadlineExceeded(f"no result within {prepared.timeout_s:g}s").body())
+                return
+            if isinstance(event, TokenEvent):
+                delta = detok.push(event.token)
+                if delta:
+                    yield sse("token", {"text": delta})
+            elif isinstance(event, FinalEvent):
+                hyp = event.hypotheses[0]
+                request.state.generated_tokens = len(hyp.tokens)
+                yield sse("done", _response(prepared, hyp, tokenizer).model_dump())
+                return
+            elif isinstance(event, ErrorEvent):
+                yield sse("error", event.error.body())
+                return
+    finally:
+        if not stream.closed:  # client gone or deadline: free the rows
+            prepared.engine.abort({stream.request_id})

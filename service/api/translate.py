@@ -1,0 +1,50 @@
+"""POST /translate: one text or a batch of texts through a translation model."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from service.api.errors import ERROR_RESPONSES
+from service.api.generation import prepare, submit, wait_all
+from service.deps import RegistryDep, SettingsDep
+from service.errors import InvalidRequest
+from service.schemas import Alternative, TranslateRequest, TranslateResponse, Translation, Usage
+
+router = APIRouter(tags=["translate"])
+
+
+@router.post("/translate", response_model=TranslateResponse, responses=ERROR_RESPONSES)
+async def translate(body: TranslateRequest, request: Request, registry: RegistryDep, settings: SettingsDep):
+    """Translate ``text`` (or each of ``texts``). All texts of a request join the same batch."""
+    texts = body.inputs
+    if len(texts) > settings.max_texts:
+        raise InvalidRequest(f"{len(texts)} texts in one request; the limit is {settings.max_texts}")
+    entry = registry.resolve("translate", body.model, body.source_lang, body.target_lang)
+    request.state.model = entry.name
+    fields = ["text"] if body.text is not None else [f"texts[{i}]" for i in range(len(texts))]
+    prepared = prepare(entry, registry, texts, fields, body, settings)
+    results = await wait_all(prepared, submit(prepared), request)
+    tokenizer = prepared.engine.runner.loaded.target_tokenizer
+    translations = []
+    for hyps in results:
+        best = hyps[0]
+        alternatives = None
+        if body.n_best > 1:
+            alternatives = [Alternative(text=tokenizer.decode(h.tokens), score=h.score) for h in hyps]
+        translations.append(
+            Translation(
+                text=tokenizer.decode(best.tokens),
+                score=best.score,
+                tokens=len(best.tokens),
+                finish_reason=best.finish_reason.value,
+                alternatives=alternatives,
+            )
+        )
+    output_tokens = sum(t.tokens for t in translations)
+    request.state.generated_tokens = output_tokens
+    return TranslateResponse(
+        model=entry.name,
+        version=entry.version,
+        translations=translations,
+        usage=Usage(input_tokens=prepared.input_tokens, output_tokens=output_tokens),
+    )

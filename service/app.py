@@ -1,0 +1,91 @@
+"""The FastAPI application: ``create_app(settings)`` wires registry, engines, routes and middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service.api import chat, health, models, translate
+from service.api import metrics as metrics_api
+from service.api.errors import install_error_handlers
+from service.engine.engine import Engine
+from service.engine.runner import ModelRunner
+from service.metrics import Metrics
+from service.middleware import RequestContextMiddleware
+from service.registry import ModelEntry, Registry
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+
+def engine_factory(settings: Settings, metrics: Metrics):
+    """Turn a model directory into a warmed-up, started engine (runs in the loader thread)."""
+
+    def build(entry: ModelEntry) -> Engine:
+        runner = ModelRunner.load(str(entry.path), settings.device, settings.dtype)
+        runner.warmup()
+        engine = Engine(
+            entry.name,
+            runner,
+            metrics,
+            policy=settings.batching,
+            max_rows=settings.max_batch_rows,
+            max_tokens=settings.max_batch_tokens,
+            max_queue=settings.max_queue,
+            max_delay_s=settings.static_max_delay_ms / 1000,
+        )
+        engine.start()
+        return engine
+
+    return build
+
+
+def create_app(settings: Settings | None = None, *, load_in_background: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        registry = Registry(Path(settings.model_store), settings.models)
+        app.state.registry = registry
+        factory = engine_factory(settings, metrics)
+        if load_in_background:  # /health/live answers while models load; /health/ready waits for them
+            threading.Thread(target=registry.load_all, args=(factory,), name="model-loader", daemon=True).start()
+        else:
+            await asyncio.to_thread(registry.load_all, factory)
+        yield
+        registry.draining = True
+        await asyncio.to_thread(registry.stop, settings.shutdown_grace_s)
+
+    app = FastAPI(
+        title="seq2seq-serve",
+        version="0.1.0",
+        description="Translation and chat with LSTM encoder-decoder models: continuous batching, "
+        'beam search, sampling, streaming. Errors are always `{"error": {"code", "message"}}`.',
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    for module in (translate, chat, models, health, metrics_api):
+        app.include_router(module.router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["content-type", "x-request-id"],
+            expose_headers=["x-request-id", "retry-after"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,1 @@
+"""Engine: scheduler (admission), runner (device, tensors), streams (thread to asyncio)."""

@@ -1,0 +1,73 @@
+"""Model runner: owns the device, the dtype and the running decoder batch of one model."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from seq2seq.checkpoint import LoadedModel, load_model_dir
+from seq2seq.decoding import DecodeParams
+from seq2seq.generation import GenerationBatch, GenerationRequest, StepEvent, generate
+
+log = logging.getLogger("service.runner")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but CUDA is not available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+class ModelRunner:
+    """Tensor work for one model. Used only from its engine's worker thread."""
+
+    def __init__(self, loaded: LoadedModel, device: torch.device) -> None:
+        self.loaded = loaded
+        self.device = device
+        self.batch = GenerationBatch(loaded.model, device)
+
+    @classmethod
+    def load(cls, path: str, device: str = "auto", dtype: str = "auto") -> ModelRunner:
+        dev = resolve_device(device)
+        return cls(load_model_dir(path, dev, resolve_dtype(dtype, dev)), dev)
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def add(self, requests: Sequence[GenerationRequest]) -> None:
+        self.batch.add(requests)
+
+    def step(self) -> list[StepEvent]:
+        return self.batch.step()
+
+    def remove(self, request_ids: set[str]) -> list[str]:
+        return self.batch.remove(request_ids)
+
+    def reset(self) -> list[str]:
+        """Drop every row (after a failed step); returns the ids that were running."""
+        ids = self.batch.request_ids
+        self.batch = GenerationBatch(self.loaded.model, self.device)
+        return ids
+
+    def warmup(self) -> None:
+        """Run greedy and beam decoding once so the first real request pays no start-up cost."""
+        tok = self.loaded.source_tokenizer
+        ids = tok.encode("warm up") or [1]
+        generate(
+            self.loaded.model,
+            [
+                GenerationRequest("warmup-greedy", ids, DecodeParams(max_length=8)),
+                GenerationRequest("warmup-beam", ids, DecodeParams(max_length=8, beam_size=2)),
+            ],
+            device=self.device,
+        )

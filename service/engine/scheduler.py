@@ -1,0 +1,98 @@
+"""Admission policy: which waiting requests join the running batch, and when.
+
+Plain Python, no tensors: the engine asks :meth:`Scheduler.schedule` once per loop with
+the size of the running batch and gets back the requests to encode now.
+
+- ``continuous``: admit at every step while the row and token budgets allow; a new
+  request never waits for the running batch to finish.
+- ``static``: only when the batch is empty, collect up to ``max_rows`` rows or wait at
+  most ``max_delay_s`` after the oldest arrival, then run that batch to completion
+  (the dynamic batching of TorchServe / Triton).
+- ``none``: one request at a time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Policy = Literal["continuous", "static", "none"]
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class WorkItem:
+    request_id: str
+    rows: int  # decoder rows it occupies (beam_size)
+    src_tokens: int
+    deadline: float  # time.monotonic() by which it must be answered
+    enqueued: float
+    payload: Any = field(default=None, repr=False)  # what the engine needs to run it
+
+
+@dataclass(frozen=True)
+class Decision:
+    admit: list[WorkItem]
+    wait_s: float | None = None  # static batching: nothing to admit yet, look again after this long
+
+
+class Scheduler:
+    def __init__(self, policy: Policy, max_rows: int, max_tokens: int, max_queue: int, max_delay_s: float = 0.0):
+        self.policy = policy
+        self.max_rows = max_rows
+        self.max_tokens = max_tokens
+        self.max_queue = max_queue
+        self.max_delay_s = max_delay_s
+        self.waiting: deque[WorkItem] = deque()
+
+    def __len__(self) -> int:
+        return len(self.waiting)
+
+    def add(self, items: list[WorkItem]) -> None:
+        """Queue all of ``items`` or none of them."""
+        if len(self.waiting) + len(items) > self.max_queue:
+            raise QueueFull(f"{len(self.waiting)} requests waiting (limit {self.max_queue})")
+        self.waiting.extend(items)
+
+    def abort(self, request_ids: set[str]) -> list[WorkItem]:
+        return self._take(lambda item: item.request_id in request_ids)
+
+    def expired(self, now: float) -> list[WorkItem]:
+        return self._take(lambda item: item.deadline <= now)
+
+    def _take(self, pred: Any) -> list[WorkItem]:
+        taken = [item for item in self.waiting if pred(item)]
+        if taken:
+            self.waiting = deque(item for item in self.waiting if not pred(item))
+        return taken
+
+    def schedule(self, running_rows: int, running_tokens: int, now: float) -> Decision:
+        if not self.waiting:
+            return Decision([])
+        if self.policy == "continuous":
+            return Decision(self._fill(running_rows, running_tokens))
+        if running_rows:  # static and none run a batch to completion before the next
+            return Decision([])
+        if self.policy == "none":
+            return Decision([self.waiting.popleft()])
+        waited = now - self.waiting[0].enqueued
+        if sum(item.rows for item in self.waiting) < self.max_rows and waited < self.max_delay_s:
+            return Decision([], wait_s=self.max_delay_s - waited)
+        return Decision(self._fill(0, 0))
+
+    def _fill(self, rows: int, tokens: int) -> list[WorkItem]:
+        """FIFO admission within the budgets; an empty batch always takes at least one request."""
+        admitted: list[WorkItem] = []
+        while self.waiting:
+            item = self.waiting[0]
+            fits = rows + item.rows <= self.max_rows and tokens + item.src_tokens * item.rows <= self.max_tokens
+            if not fits and (rows or admitted):
+                break
+            admitted.append(self.waiting.popleft())
+            rows += item.rows
+            tokens += item.src_tokens * item.rows
+        return admitted

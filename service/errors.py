@@ -1,0 +1,81 @@
+"""The one error hierarchy of the service, and the one way it is rendered.
+
+::
+
+    ServiceError
+     ├── InvalidRequest         422  invalid_request
+     ├── PayloadTooLarge        413  payload_too_large
+     ├── NotFound               404  not_found
+     │    └── ModelNotFound     404  model_not_found
+     ├── Overloaded             429  overloaded          (+ Retry-After)
+     ├── DeadlineExceeded       504  deadline_exceeded
+     ├── EngineUnavailable      503  unavailable         (loading, draining, dead worker)
+     └── InternalError          500  internal_error
+
+Every error body is ``{"error": {"code": ..., "message": ...}}``, for JSON replies and SSE
+``error`` events alike; the Python client maps ``code`` back to these classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            error["details"] = self.details
+        return {"error": error}
+
+
+class InvalidRequest(ServiceError):
+    status_code = 422
+    code = "invalid_request"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class Overloaded(ServiceError):
+    status_code = 429
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int, **kwargs: Any) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))}, **kwargs)
+        self.retry_after_s = max(1, retry_after_s)
+
+
+class DeadlineExceeded(ServiceError):
+    status_code = 504
+    code = "deadline_exceeded"
+
+
+class EngineUnavailable(ServiceError):
+    status_code = 503
+    code = "unavailable"
+
+
+class InternalError(ServiceError):
+    status_code = 500
+    code = "internal_error"

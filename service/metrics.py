@@ -1,0 +1,46 @@
+"""Prometheus metrics of one app instance (its own registry, so tests can build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu seconds, ...
+        r = self.registry
+        self.requests = Counter(
+            "seq2seq_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "seq2seq_request_latency_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("seq2seq_queue_depth", "requests waiting for admission", ["model"], registry=r)
+        self.active_rows = Gauge("seq2seq_active_rows", "decoder rows in the running batch", ["model"], registry=r)
+        self.batch_size = Histogram(
+            "seq2seq_batch_size", "rows per decoder step", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.generated_tokens = Counter("seq2seq_generated_tokens", "tokens generated", ["model"], registry=r)
+        self.ttft = Histogram(
+            "seq2seq_time_to_first_token_seconds",
+            "submit to first token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.time_per_step = Histogram(
+            "seq2seq_decode_step_seconds",
+            "wall time of one decoder step",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rejected = Counter("seq2seq_rejected", "requests refused", ["model", "reason"], registry=r)
+        self.cancelled = Counter(
+            "seq2seq_cancelled", "requests cancelled while queued or running", ["model"], registry=r
+        )
+        self.engine_errors = Counter("seq2seq_engine_errors", "batches failed by an exception", ["model"], registry=r)

@@ -1,0 +1,111 @@
+"""ASGI middleware: request ids, one structured log line per request, HTTP metrics, body limit.
+
+Written as plain ASGI (not ``BaseHTTPMiddleware``) so streamed responses pass through
+untouched and disconnects still reach the handlers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import PayloadTooLarge
+from service.metrics import Metrics
+
+log = logging.getLogger("service.access")
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            await self._reply_too_large(send, request_id, int(length))
+            self._record(scope, 413, started, request_id)
+            return
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except _BodyTooLarge:
+            status = 413
+            await self._reply_too_large(send, request_id, received)
+        finally:
+            self._record(scope, status, started, request_id)
+
+    async def _reply_too_large(self, send: Send, request_id: str, size: int) -> None:
+        error = PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {self.max_body_bytes}")
+        body = json.dumps(error.body()).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-request-id", request_id.encode("latin-1")),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def _record(self, scope: Scope, status: int, started: float, request_id: str) -> None:
+        latency = time.perf_counter() - started
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        state = scope.get("state", {})
+        self.metrics.requests.labels(route, str(status)).inc()
+        self.metrics.latency.labels(route).observe(latency)
+        log.info(
+            json.dumps(
+                {
+                    "request_id": request_id,
+                    "method": scope.get("method"),
+                    "route": route,
+                    "model": state.get("model"),
+                    "status": status,
+                    "latency_ms": round(latency * 1000, 2),
+                    "generated_tokens": state.get("generated_tokens"),
+                },
+                ensure_ascii=False,
+            )
+        )
+
+
+class _BodyTooLarge(Exception):
+    pass

@@ -1,0 +1,175 @@
+"""Model registry: which models exist in the store, their lifecycle, and default resolution.
+
+The bookkeeping (scan, status, defaults, resolution) is plain Python over manifests; the
+tensor side is a callable that turns a model directory into a started :class:`Engine`,
+so tests can exercise the registry without loading a network.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from seq2seq.checkpoint import CheckpointError, read_manifest
+from service.engine.engine import Engine
+from service.errors import ModelNotFound
+
+log = logging.getLogger("service.registry")
+
+Status = Literal["loading", "ready", "failed"]
+EngineFactory = Callable[["ModelEntry"], Engine]
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    version: str
+    versions: list[str]
+    path: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+    status: Status = "loading"
+    error: str | None = None
+    engine: Engine | None = None
+
+    @property
+    def task(self) -> str:
+        return str(self.manifest.get("task", "unknown"))
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready" and self.engine is not None and self.engine.alive
+
+    def beam_bleu(self) -> float:
+        evaluation = self.manifest.get("evaluation") or {}
+        return float((evaluation.get("beam") or {}).get("bleu", 0.0))
+
+
+def _version_key(version: str) -> tuple[Any, ...]:
+    """Numeric-aware ordering: 2 < 10, 1.2 < 1.10."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-_]", version))
+
+
+def scan_store(store: Path, wanted: list[str]) -> list[ModelEntry]:
+    """One entry per model to serve: the latest version unless ``name@version`` pins one."""
+    pins = dict(w.split("@", 1) if "@" in w else (w, None) for w in wanted)
+    entries = []
+    for model_dir in sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if pins and model_dir.name not in pins:
+            continue
+        versions = sorted((v.name for v in model_dir.iterdir() if (v / "manifest.json").exists()), key=_version_key)
+        if not versions:
+            continue
+        version = pins.get(model_dir.name) or versions[-1]
+        entry = ModelEntry(model_dir.name, version, versions, model_dir / version)
+        if version not in versions:
+            entry.status, entry.error = "failed", f"version {version} not found (have {', '.join(versions)})"
+        else:
+            try:
+                entry.manifest = read_manifest(entry.path)
+            except CheckpointError as exc:
+                entry.status, entry.error = "failed", str(exc)
+        entries.append(entry)
+    missing = set(pins) - {e.name for e in entries}
+    for name in sorted(missing):
+        entries.append(
+            ModelEntry(name, pins[name] or "", [], store / name, status="failed", error="not in model store")
+        )
+    return entries
+
+
+class Registry:
+    def __init__(self, store: Path, wanted: list[str] | None = None) -> None:
+        self.store = store
+        self.entries: dict[str, ModelEntry] = {e.name: e for e in scan_store(store, wanted or [])}
+        self.draining = False
+        self._loaded = threading.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def load_all(self, factory: EngineFactory) -> None:
+        """Load every entry; a model that fails is reported (logs, /models) and the others still serve."""
+        for entry in self.entries.values():
+            if entry.status == "failed":
+                log.error("model %s: %s", entry.name, entry.error)
+                continue
+            try:
+                entry.engine = factory(entry)
+                entry.status = "ready"
+                log.info("model %s@%s ready", entry.name, entry.version)
+            except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
+                entry.status, entry.error = "failed", str(exc)
+                log.error("model %s@%s failed to load: %s", entry.name, entry.version, exc)
+        self._loaded.set()
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded.is_set()
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        return self._loaded.wait(timeout)
+
+    def is_ready(self) -> bool:
+        """All requested models loaded, warmed up and with a live worker; not draining."""
+        return self.loaded and not self.draining and bool(self.entries) and all(e.ready for e in self.entries.values())
+
+    def stop(self, grace_s: float) -> None:
+        for entry in self.entries.values():
+            if entry.engine is not None:
+                entry.engine.stop(grace_s)
+
+    # -- resolution ----------------------------------------------------------------------------
+    def ready_entries(self, task: str | None = None) -> list[ModelEntry]:
+        return [e for e in self.entries.values() if e.ready and (task is None or e.task == task)]
+
+    def defaults(self) -> dict[str, str]:
+        """Default model per ``translate:<src>-<tgt>`` and ``chat:<lang>``: the best beam BLEU, then the name."""
+        best: dict[str, ModelEntry] = {}
+        for e in self.ready_entries():
+            m = e.manifest
+            key = (
+                f"translate:{m['source_lang']}-{m['target_lang']}"
+                if e.task == "translate"
+                else f"chat:{m['target_lang']}"
+            )
+            current = best.get(key)
+            if current is None or (e.beam_bleu(), -len(e.name)) > (current.beam_bleu(), -len(current.name)):
+                best[key] = e
+        return {k: v.name for k, v in best.items()}
+
+    def get(self, name: str) -> ModelEntry:
+        entry = self.entries.get(name)
+        if entry is None:
+            raise ModelNotFound(f"model {name!r} not found; available: {', '.join(sorted(self.entries)) or 'none'}")
+        return entry
+
+    def resolve(self, task: str, model: str | None, source_lang: str | None, target_lang: str | None) -> ModelEntry:
+        """The entry that serves a request: by name, else the default for the language (pair)."""
+        if model is not None:
+            entry = self.get(model)
+            if entry.task != task and entry.status == "ready":
+                raise ModelNotFound(f"model {model!r} is a {entry.task} model; use /{entry.task}")
+            return entry
+        candidates = [
+            e
+            for e in self.ready_entries(task)
+            if (source_lang is None or e.manifest["source_lang"] == source_lang)
+            and (target_lang is None or e.manifest["target_lang"] == target_lang)
+        ]
+        if not candidates:
+            available = sorted(self._pairs(task))
+            wanted = f"{source_lang or '*'}->{target_lang or '*'}" if task == "translate" else (target_lang or "*")
+            raise ModelNotFound(
+                f"no {task} model for {wanted}; available: {', '.join(available) or 'none'}",
+                details={"available": available},
+            )
+        defaults = set(self.defaults().values())
+        return max(candidates, key=lambda e: (e.name in defaults, e.beam_bleu(), -len(e.name)))
+
+    def _pairs(self, task: str) -> set[str]:
+        if task == "translate":
+            return {f"{e.manifest['source_lang']}->{e.manifest['target_lang']}" for e in self.ready_entries(task)}
+        return {e.manifest["target_lang"] for e in self.ready_entries(task)}

@@ -1,0 +1,166 @@
+"""Request and response bodies of the HTTP API.
+
+Requests forbid unknown fields, so a misspelt option is a 422 that names it rather than
+a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DecodingOptions(_Request):
+    """Decoding options shared by /translate and /chat. Greedy unless beam_size > 1 or sample is true."""
+
+    beam_size: int = Field(1, ge=1, le=64, description="beams per input; each beam is one row of the batch")
+    n_best: int = Field(1, ge=1, le=64, description="alternatives to return (<= beam_size)")
+    length_penalty: float = Field(1.0, ge=0.0, le=5.0, description="GNMT alpha for ranking beams; 0 = raw log-prob")
+    sample: bool = Field(False, description="sample instead of taking the most likely token")
+    temperature: float = Field(1.0, gt=0.0, le=10.0)
+    top_k: int = Field(0, ge=0, description="sample among the k most likely tokens; 0 = all")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass; 1 = off")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="makes sampling reproducible")
+    max_length: int | None = Field(None, ge=1, description="generated tokens; default: 2 x source + 10")
+    min_length: int = Field(0, ge=0)
+    timeout: float | None = Field(None, gt=0, le=600, description="deadline in seconds for queue + generation")
+
+    @model_validator(mode="after")
+    def _combinations(self) -> DecodingOptions:
+        if self.n_best > self.beam_size:
+            raise ValueError("n_best must not exceed beam_size")
+        if self.sample and self.beam_size > 1:
+            raise ValueError("sample=true cannot be combined with beam_size > 1")
+        if self.max_length is not None and self.min_length > self.max_length:
+            raise ValueError("min_length must not exceed max_length")
+        return self
+
+
+class TranslateRequest(DecodingOptions):
+    text: str | None = Field(None, description="one text to translate")
+    texts: list[str] | None = Field(None, description="several texts, translated in one batch")
+    model: str | None = Field(None, description="model name; default: chosen by source_lang/target_lang")
+    source_lang: str | None = Field(None, examples=["de"])
+    target_lang: str | None = Field(None, examples=["en"])
+
+    @model_validator(mode="after")
+    def _one_of(self) -> TranslateRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' or 'texts'")
+        if self.texts is not None and not self.texts:
+            raise ValueError("'texts' must not be empty")
+        return self
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+    model_config = ConfigDict(
+        extra="forbid",
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {"text": "Ein Mann fährt Fahrrad auf einer Straße.", "source_lang": "de", "target_lang": "en"},
+                {
+                    "texts": ["Zwei Hunde spielen im Schnee.", "Ein Kind lacht."],
+                    "model": "translate-de-en",
+                    "beam_size": 5,
+                    "n_best": 2,
+                },
+            ]
+        },
+    )
+
+
+class Alternative(BaseModel):
+    text: str
+    score: float = Field(description="sum of token log-probabilities")
+
+
+class Translation(Alternative):
+    tokens: int = Field(description="generated tokens")
+    finish_reason: Literal["eos", "length"]
+    alternatives: list[Alternative] | None = Field(None, description="n_best hypotheses, best first (n_best > 1)")
+
+
+class Usage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+
+
+class TranslateResponse(BaseModel):
+    model: str
+    version: str
+    translations: list[Translation]
+    usage: Usage
+
+
+class ChatTurn(_Request):
+    role: Literal["user", "assistant"]
+    content: str = Field(max_length=10_000)
+
+
+class ChatRequest(DecodingOptions):
+    message: str
+    history: list[ChatTurn] = Field(default_factory=list, max_length=100)
+    model: str | None = None
+    language: str | None = Field(None, examples=["en"])
+    stream: bool = Field(False, description="Server-Sent Events: token deltas, then a final 'done' event")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {"message": "Hello, how are you?", "language": "en"},
+                {"message": "오늘 너무 피곤해", "language": "ko", "stream": True},
+            ]
+        },
+    )
+
+
+class ChatResponse(BaseModel):
+    model: str
+    version: str
+    reply: str
+    score: float
+    tokens: int
+    finish_reason: Literal["eos", "length"]
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    version: str
+    versions: list[str]
+    task: str
+    source_lang: str | None = None
+    target_lang: str | None = None
+    architecture: str | None = None
+    parameters: int | None = None
+    status: Literal["loading", "ready", "failed"]
+    error: str | None = None
+    default_for: list[str] = Field(default_factory=list)
+    description: str | None = None
+    evaluation: dict[str, Any] | None = None
+    device: str | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,71 @@
+"""Service settings: every field is a ``--flag`` of ``seq2seq-serve`` and an env var ``SEQ2SEQ_<NAME>``.
+
+Validated once at start-up (pydantic-settings); a bad value stops the process with a
+message instead of being silently ignored. The effective values are logged at start-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL_STORE = Path(__file__).resolve().parents[1] / "model_store"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEQ2SEQ_", extra="forbid", protected_namespaces=())
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    model_store: Path = DEFAULT_MODEL_STORE
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="names to load (name or name@version); empty: all"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: float16 on CUDA, float32 on CPU"
+    )
+    batching: Literal["continuous", "static", "none"] = "continuous"
+    threads: int = Field(0, ge=0, description="torch intra-op threads; 0: all cores")
+
+    # Engine limits
+    max_batch_rows: int = Field(128, ge=1, description="decoder rows per step (a beam-search request takes beam_size)")
+    max_batch_tokens: int = Field(8192, ge=1, description="source tokens held by the running batch")
+    max_queue: int = Field(256, ge=1, description="waiting requests per model before 429")
+    static_max_delay_ms: float = Field(10.0, ge=0, description="static batching: wait this long to fill a batch")
+    request_timeout_s: float = Field(30.0, gt=0, description="default deadline: queue + generation")
+
+    # Input limits
+    max_texts: int = Field(64, ge=1, description="texts per /translate request")
+    max_text_chars: int = Field(2000, ge=1)
+    max_input_tokens: int = Field(256, ge=1, description="source pieces per text after tokenization")
+    max_output_tokens: int = Field(256, ge=1, description="upper bound for max_length")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
+    max_beam_size: int = Field(8, ge=1)
+
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="allowed browser origins, comma-separated; empty: CORS off"
+    )
+    shutdown_grace_s: float = Field(20.0, ge=0, description="SIGTERM: time to finish in-flight requests")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("models", "cors_origins", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("model_store")
+    @classmethod
+    def _store_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"model store {value} is not a directory")
+        return value
