@@ -8,9 +8,11 @@ within ``--shutdown-grace-s`` and exits 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -33,6 +35,14 @@ class DrainingServer(uvicorn.Server):
         if registry is not None:
             registry.draining = True
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Exit 0 after a graceful drain: uvicorn would re-raise the captured SIGTERM at the end,
+        turning a clean shutdown into exit status 143 for Docker and Kubernetes."""
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
 
 def parse_args(argv: list[str] | None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service.api import chat, health, models, translate
+from service.api import chat, health, models, translate, ui
 from service.api import metrics as metrics_api
 from service.api.errors import install_error_handlers
 from service.engine.engine import Engine
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
-    for module in (translate, chat, models, health, metrics_api):
+    for module in (translate, chat, models, health, metrics_api, ui):
         app.include_router(module.router)
     if settings.cors_origins:
         app.add_middleware(

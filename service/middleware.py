@@ -43,29 +43,36 @@ class RequestContextMiddleware:
             return
 
         received = 0
+        too_large = replied = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
+                    too_large = True
                     raise _BodyTooLarge
             return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, replied
+            if too_large:  # whatever the app made of the aborted body read, the answer is 413
+                if not replied:
+                    replied, status = True, 413
+                    await self._reply_too_large(send, request_id, received)
+                return
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))]
             await send(message)
 
         try:
             await self.app(scope, limited_receive, send_with_id)
         except _BodyTooLarge:
-            status = 413
-            await self._reply_too_large(send, request_id, received)
+            if not replied:
+                status = 413
+                await self._reply_too_large(send, request_id, received)
         finally:
             self._record(scope, status, started, request_id)
 

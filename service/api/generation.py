@@ -127,13 +127,13 @@ async def wait_all(prepared: Prepared, streams: list[RequestStream], request: Re
         )
         if results in done:
             return results.result()
-        prepared.engine.abort({s.request_id for s in streams})
         if watcher in done:
             raise asyncio.CancelledError("client disconnected")
         raise DeadlineExceeded(f"no result within {prepared.timeout_s:g}s")
-    finally:
+    finally:  # also on cancellation of the handler itself
         watcher.cancel()
         if not results.done():
+            prepared.engine.abort({s.request_id for s in streams})
             results.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await watcher

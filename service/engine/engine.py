@@ -156,7 +156,8 @@ class Engine:
         # 4. one decoder step for every row, then hand out tokens and results
         if len(self.runner):
             self._step()
-        elif decision.wait_s:
+        self.metrics.active_rows.labels(self.name).set(len(self.runner))
+        if not len(self.runner) and decision.wait_s:
             with self._cv:
                 self._cv.wait(timeout=decision.wait_s)
         return True
@@ -208,7 +209,6 @@ class Engine:
         now = time.monotonic()
         self.metrics.batch_size.labels(self.name).observe(rows)
         self.metrics.time_per_step.labels(self.name).observe(now - t0)
-        self.metrics.active_rows.labels(self.name).set(len(self.runner))
         self._dispatch(events, now)
 
     def _dispatch(self, events: list[StepEvent], now: float) -> None:

@@ -1,0 +1,56 @@
+"""Registry bookkeeping: versions, pins, failures, defaults (no network loaded)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service.errors import ModelNotFound
+from service.registry import Registry, scan_store
+
+
+@pytest.fixture
+def store(tiny_store: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    shutil.copytree(tiny_store, root)
+    shutil.copytree(root / "chat-en" / "1", root / "chat-en" / "10")
+    shutil.copytree(root / "chat-en" / "1", root / "chat-en" / "2")
+    return root
+
+
+def test_latest_version_unless_pinned(store: Path) -> None:
+    by_name = {e.name: e for e in scan_store(store, [])}
+    assert by_name["chat-en"].version == "10" and by_name["chat-en"].versions == ["1", "2", "10"]
+    pinned = {e.name: e for e in scan_store(store, ["chat-en@2", "translate-de-en"])}
+    assert set(pinned) == {"chat-en", "translate-de-en"}
+    assert pinned["chat-en"].version == "2"
+    missing = {e.name: e for e in scan_store(store, ["chat-en@7", "ghost"])}
+    assert missing["chat-en"].status == "failed" and "version 7 not found" in (missing["chat-en"].error or "")
+    assert missing["ghost"].status == "failed"
+
+
+def test_a_broken_model_is_reported_and_the_others_serve(store: Path) -> None:
+    (store / "chat-en" / "10" / "model.safetensors").write_bytes(b"corrupt")
+    registry = Registry(store)
+
+    class FakeEngine:
+        alive = True
+
+    def factory(entry):
+        from seq2seq.checkpoint import load_model_dir
+
+        load_model_dir(entry.path)  # real verification: checksums, config/weights agreement
+        return FakeEngine()
+
+    registry.load_all(factory)
+    assert registry.entries["chat-en"].status == "failed"
+    assert "sha256 mismatch" in (registry.entries["chat-en"].error or "")
+    assert registry.entries["translate-de-en"].ready
+    assert not registry.is_ready()  # a requested model is missing
+    assert registry.defaults() == {"translate:de-en": "translate-de-en"}
+    entry = registry.resolve("translate", None, "de", "en")
+    assert entry.name == "translate-de-en"  # higher BLEU than translate-de-en-basic
+    with pytest.raises(ModelNotFound, match="no chat model for en"):
+        registry.resolve("chat", None, None, "en")

@@ -1,0 +1,130 @@
+"""A real ``python -m service`` process on loopback: streaming disconnects and SIGTERM draining."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, store: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "--port",
+                str(self.port),
+                "--model-store",
+                str(store),
+                "--threads",
+                "1",
+                *args,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.proc.stdout.read() if self.proc.stdout else ""
+            try:
+                if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("server not ready")
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        out, _ = self.proc.communicate(timeout=10)
+        return out
+
+
+@pytest.fixture
+def server(tiny_store: Path) -> Iterator[Server]:
+    s = Server(tiny_store, "--shutdown-grace-s", "10")
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop()
+
+
+def cancelled_count(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    m = re.search(r'^seq2seq_cancelled_total\{model="chat-en"\} ([0-9.]+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_live_before_ready_and_stream_disconnect_cancels(server: Server) -> None:
+    assert httpx.get(f"{server.url}/health/live").json() == {"status": "ok"}
+    body = {"message": "a man runs", "stream": True, "min_length": 250, "max_length": 250}
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        with client.stream("POST", "/chat", json=body) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            assert next(lines).startswith("event: token")
+        # leaving the block closes the connection mid-stream
+    deadline = time.monotonic() + 5
+    while cancelled_count(server.url) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cancelled_count(server.url) == 1
+    text = httpx.get(f"{server.url}/metrics").text
+    assert re.search(r'^seq2seq_active_rows\{model="chat-en"\} 0.0$', text, re.M)
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_0(server: Server) -> None:
+    body = {"text": "Ein Mann spielt im Park.", "min_length": 150, "max_length": 150}
+
+    clients = [httpx.Client(base_url=server.url, timeout=30) for _ in range(8)]
+
+    def call(client: httpx.Client) -> int:
+        return client.post("/translate", json=body).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(call, c) for c in clients]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # SIGTERM only once all 8 are accepted and decoding
+            text = httpx.get(f"{server.url}/metrics").text
+            if re.search(r'^seq2seq_active_rows\{model="translate-de-en"\} 8.0$', text, re.M):
+                break
+            time.sleep(0.01)
+        server.proc.send_signal(signal.SIGTERM)
+        statuses = [f.result() for f in futures]
+    for c in clients:
+        c.close()
+    assert statuses == [200] * 8  # nothing accepted is lost
+    assert server.proc.wait(timeout=15) == 0
+    log = server.stop()
+    assert "Shutting down" in log or "shutting down" in log.lower()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.url}/health/live", timeout=1)
