@@ -108,6 +108,8 @@ class GenerationBatch:
         for i, r in enumerate(requests):
             src[i, : len(r.src_ids)] = torch.as_tensor(list(r.src_ids), dtype=torch.long)
         lengths = torch.tensor([len(r.src_ids) for r in requests])
+        if self.device.type == "cuda":
+            src = src.pin_memory()  # lets the copy below overlap with queued GPU work
         state = self.model.encode(src.to(self.device, non_blocking=True), lengths)
         rows = [r.params.rows for r in requests]
         if any(n > 1 for n in rows):
@@ -166,8 +168,9 @@ class GenerationBatch:
         self.state = state
         # 2. per-row constraints and token choice
         row_seqs = [seq for seq in self.active for _ in range(seq.rows)]
-        no_eos = torch.tensor([seq.length < seq.request.params.min_length for seq in row_seqs], device=self.device)
-        logprobs = forbid_eos(logprobs, no_eos)
+        if any(seq.length < seq.request.params.min_length for seq in self.active):
+            no_eos = [seq.length < seq.request.params.min_length for seq in row_seqs]
+            logprobs = forbid_eos(logprobs, torch.tensor(no_eos, device=self.device))
         chosen = self._choose_single(logprobs, row_seqs)  # (token, logprob) per row of greedy/sampled requests
         # 3. advance every request, collect the rows that continue
         events: list[StepEvent] = []
@@ -222,7 +225,7 @@ class GenerationBatch:
         seq.histories[0].append(token)
         if seq.length >= params.max_length:
             seq.finished.append(_hypothesis(seq.histories[0], seq.scores[0], params, FinishReason.LENGTH))
-            return [], []
+            return [], []  # no row continues, but the token still goes out as an event
         return [0], [token]
 
     @staticmethod
