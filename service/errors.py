@@ -75,6 +75,9 @@ class EngineUnavailable(ServiceError):
     status_code = 503
     code = "unavailable"
 
+    def __init__(self, message: str, retry_after_s: int = 1, **kwargs: Any) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)}, **kwargs)
+
 
 class InternalError(ServiceError):
     status_code = 500

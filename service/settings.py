@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_STORE = Path(__file__).resolve().parents[1] / "model_store"
@@ -62,6 +62,16 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.max_texts > self.max_queue:
+            raise ValueError(f"max_texts ({self.max_texts}) must not exceed max_queue ({self.max_queue})")
+        if self.max_beam_size > self.max_batch_rows:
+            raise ValueError(
+                f"max_beam_size ({self.max_beam_size}) must not exceed max_batch_rows ({self.max_batch_rows})"
+            )
+        return self
 
     @field_validator("model_store")
     @classmethod

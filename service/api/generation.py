@@ -39,10 +39,10 @@ class Prepared:
 
 def ready_engine(entry: ModelEntry, registry: Registry) -> Engine:
     if registry.draining:
-        raise EngineUnavailable("the server is shutting down", headers={"Retry-After": "1"})
+        raise EngineUnavailable("the server is shutting down")
     if not entry.ready or entry.engine is None:
         reason = f": {entry.error}" if entry.error else ""
-        raise EngineUnavailable(f"model {entry.name} is {entry.status}{reason}", headers={"Retry-After": "5"})
+        raise EngineUnavailable(f"model {entry.name} is {entry.status}{reason}", retry_after_s=5)
     return entry.engine
 
 

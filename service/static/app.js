@@ -118,12 +118,13 @@ function describeError(err) {
 
 function showError(region, err) {
   const { title, message, retry, code } = describeError(err);
-  region.replaceChildren(
+  const parts = [
     el("strong", { class: "alert-title", text: `${title}: ` }),
     el("span", { class: "alert-message", text: message }),
     retry ? el("span", { class: "alert-retry", text: ` ${retry}` }) : null,
     code ? el("small", { class: "alert-code", text: code }) : null,
-  );
+  ];
+  region.replaceChildren(...parts.filter(Boolean));
   region.dataset.status = String(err.status ?? "");
   region.hidden = false;
 }
@@ -403,10 +404,11 @@ const translateText = $("#translate-text");
 const translateResult = $("#translate-result");
 const translateError = $("#translate-error");
 
-function translationView(translation, lang) {
+function translationView(translation, lang, source) {
   const view = el(
     "article",
     { class: "translation" },
+    source ? el("p", { class: "source", text: source }) : null,
     el("p", { class: "output", lang, text: translation.text }),
     el("p", {
       class: "meta",
@@ -446,7 +448,8 @@ translateForm.addEventListener("submit", async (event) => {
     const model = models.find((m) => m.name === data.model);
     const lang = (model && model.target_lang) || "";
     translateResult.replaceChildren(
-      ...data.translations.map((t) => translationView(t, lang)),
+      // A batch shows each source line above its translation.
+      ...data.translations.map((t, i) => translationView(t, lang, input.texts ? input.texts[i] : null)),
       el("p", {
         class: "meta footnote",
         text: `${data.model} v${data.version} · ${data.usage.input_tokens} → ${data.usage.output_tokens} tokens · ${formatMs(performance.now() - started)}`,

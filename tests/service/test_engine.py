@@ -89,7 +89,7 @@ async def test_new_request_joins_running_batch(app_client: AppClient) -> None:
 
 
 async def test_queue_full_is_429_with_retry_after(app_client: AppClient) -> None:
-    async with app_client(max_queue=2, max_batch_rows=1) as (client, app):
+    async with app_client(max_queue=2, max_texts=2, max_batch_rows=1, max_beam_size=1) as (client, app):
         slow_down(app, 0.02)
         req = {"text": SENTENCES[0], "min_length": 10, "max_length": 10}
         responses = await asyncio.gather(*(client.post("/translate", json=req) for _ in range(8)))
@@ -105,7 +105,7 @@ async def test_queue_full_is_429_with_retry_after(app_client: AppClient) -> None
 
 
 async def test_deadline_is_504_in_queue_and_during_generation(app_client: AppClient) -> None:
-    async with app_client(max_batch_rows=1) as (client, app):
+    async with app_client(max_batch_rows=1, max_beam_size=1) as (client, app):
         slow_down(app, 0.02)
         running = client.post(
             "/translate", json={"text": SENTENCES[0], "min_length": 40, "max_length": 40, "timeout": 0.3}
@@ -153,8 +153,9 @@ async def test_dead_worker_makes_ready_503(app_client: AppClient) -> None:
         runner.step = die  # type: ignore[method-assign]
         r = await client.post("/translate", json={"text": SENTENCES[0]})
         assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
+        assert r.headers["retry-after"] == "1"
         ready = await client.get("/health/ready")
-        assert ready.status_code == 503
+        assert ready.status_code == 503 and "retry-after" in ready.headers
         assert ready.json()["error"]["details"]["models"]["translate-de-en"] == "dead"
         assert (await client.get("/health/live")).status_code == 200
         again = await client.post("/translate", json={"text": SENTENCES[0], "model": "translate-de-en"})
