@@ -79,7 +79,8 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
     install_error_handlers(app)
     for module in (translate, chat, models, health, metrics_api, ui):
         app.include_router(module.router)
-    if settings.cors_origins:
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origins:  # outermost, so every reply (errors too) carries the CORS headers
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
@@ -87,5 +88,4 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
             allow_headers=["content-type", "x-request-id"],
             expose_headers=["x-request-id", "retry-after"],
         )
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     return app

@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge
+from service.errors import InternalError, PayloadTooLarge, ServiceError
 from service.metrics import Metrics
 
 log = logging.getLogger("service.access")
@@ -43,7 +43,7 @@ class RequestContextMiddleware:
             return
 
         received = 0
-        too_large = replied = False
+        too_large = replied = started = False
 
         async def limited_receive() -> Message:
             nonlocal received, too_large
@@ -56,14 +56,14 @@ class RequestContextMiddleware:
             return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, replied
+            nonlocal status, replied, started
             if too_large:  # whatever the app made of the aborted body read, the answer is 413
                 if not replied:
                     replied, status = True, 413
                     await self._reply_too_large(send, request_id, received)
                 return
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))]
             await send(message)
 
@@ -73,16 +73,28 @@ class RequestContextMiddleware:
             if not replied:
                 status = 413
                 await self._reply_too_large(send, request_id, received)
+        except Exception as exc:
+            # Rendered here rather than by an app-level handler, which would run outside this
+            # middleware and answer without X-Request-ID (and outside CORS).
+            log.exception("unhandled error, request %s", request_id)
+            status = 500
+            if not started:
+                error = InternalError(f"internal error: {type(exc).__name__}")
+                await self._reply(send, request_id, error)
         finally:
             self._record(scope, status, started, request_id)
 
     async def _reply_too_large(self, send: Send, request_id: str, size: int) -> None:
         error = PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {self.max_body_bytes}")
+        await self._reply(send, request_id, error)
+
+    @staticmethod
+    async def _reply(send: Send, request_id: str, error: ServiceError) -> None:
         body = json.dumps(error.body()).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": error.status_code,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
@@ -94,7 +106,9 @@ class RequestContextMiddleware:
 
     def _record(self, scope: Scope, status: int, started: float, request_id: str) -> None:
         latency = time.perf_counter() - started
-        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        route = getattr(scope.get("route"), "path", None)
+        if route is None:  # files of a mounted app (the web page's /static) carry no route object
+            route = scope.get("root_path") or "unmatched"
         state = scope.get("state", {})
         self.metrics.requests.labels(route, str(status)).inc()
         self.metrics.latency.labels(route).observe(latency)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,10 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import InternalError, InvalidRequest, NotFound, ServiceError
+from service.errors import InvalidRequest, NotFound, ServiceError
 from service.schemas import ErrorBody
-
-log = logging.getLogger("service.errors")
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "unknown model or language pair (lists what is available)"},
@@ -35,7 +32,7 @@ def _describe(errors: list[dict[str, Any]]) -> str:
         if e.get("type") == "json_invalid":
             return f"malformed JSON: {e.get('ctx', {}).get('error', e.get('msg'))}"
         loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
-        msg = e.get("msg", "invalid")
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
         if e.get("type") == "extra_forbidden":
             msg = "unknown field"
         parts.append(f"{loc}: {msg}" if loc else msg)
@@ -61,7 +58,3 @@ def install_error_handlers(app: FastAPI) -> None:
                 error.code = "method_not_allowed"
         return error_response(error)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(InternalError(f"internal error: {type(exc).__name__}"))

@@ -179,3 +179,19 @@ async def test_oversized_body_is_413(app_client: AppClient) -> None:
 
         r = await client.post("/translate", content=chunks(), headers={"content-type": "application/json"})
         assert r.status_code == 413
+
+
+async def test_unexpected_exception_is_500_with_error_shape_and_request_id(app_client: AppClient) -> None:
+    async with app_client(cors_origins=["http://ui.example"]) as (client, app):
+
+        async def boom() -> None:
+            raise RuntimeError("bug")
+
+        app.add_api_route("/boom", boom)
+        r = await client.get("/boom", headers={"X-Request-ID": "req-1", "Origin": "http://ui.example"})
+        assert r.status_code == 500
+        assert r.json() == {"error": {"code": "internal_error", "message": "internal error: RuntimeError"}}
+        assert r.headers["x-request-id"] == "req-1"
+        assert r.headers["access-control-allow-origin"] == "http://ui.example"
+        text = (await client.get("/metrics")).text
+        assert 'seq2seq_requests_total{route="/boom",status="500"} 1.0' in text
