@@ -225,7 +225,7 @@ class GenerationBatch:
         seq.histories[0].append(token)
         if seq.length >= params.max_length:
             seq.finished.append(_hypothesis(seq.histories[0], seq.scores[0], params, FinishReason.LENGTH))
-            return [], []  # no row continues, but the token still goes out as an event
+            return [], [token]  # no row continues, but the token still goes out as an event
         return [0], [token]
 
     @staticmethod
@@ -243,8 +243,7 @@ class GenerationBatch:
             if score == float("-inf") or len(rows) == k:
                 break
             if token == EOS_ID:
-                if len(seq.finished) < k:
-                    seq.finished.append(_hypothesis(seq.histories[beam], score, params, FinishReason.EOS))
+                seq.finished.append(_hypothesis(seq.histories[beam], score, params, FinishReason.EOS))
                 continue
             rows.append(beam)
             new_tokens.append(token)
@@ -254,7 +253,7 @@ class GenerationBatch:
             for history, score in zip(histories, new_scores, strict=True):
                 seq.finished.append(_hypothesis(history, score, params, FinishReason.LENGTH))
             return [], []
-        if len(seq.finished) >= k or not rows:  # early stopping: k hypotheses ended with EOS
+        if not rows or _beam_done(seq, max(new_scores), len(histories[0])):
             return [], []
         seq.histories, seq.scores = histories, new_scores
         return rows, new_tokens
@@ -263,6 +262,17 @@ class GenerationBatch:
     def _best(seq: _Sequence) -> list[Hypothesis]:
         ranked = sorted(seq.finished, key=lambda h: h.normalized, reverse=True)
         return ranked[: seq.request.params.n_best]
+
+
+def _beam_done(seq: _Sequence, best_live: float, length: int) -> bool:
+    """Early stopping: ``n_best`` hypotheses have ended and none of the live beams (at its current
+    length) ranks above the ``n_best``-th of them. Counting finished beams alone would stop on
+    poor early EOS candidates while a far better beam is still running."""
+    params = seq.request.params
+    if len(seq.finished) < params.n_best:
+        return False
+    ranked = sorted((h.normalized for h in seq.finished), reverse=True)
+    return best_live / length_penalty(length, params.length_penalty) <= ranked[params.n_best - 1]
 
 
 def _hypothesis(tokens: list[int], score: float, params: DecodeParams, reason: FinishReason) -> Hypothesis:

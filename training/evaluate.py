@@ -27,7 +27,7 @@ from seq2seq.generation import GenerationRequest, generate
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import Tokenizer
 from training.data import Pair, encode_pairs, load_corpus
-from training.train import evaluate_loss
+from training.train import corpus_files, evaluate_loss
 
 log = logging.getLogger("training.evaluate")
 
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             args.src or run_args["src"],
             args.tgt or run_args["tgt"],
             int(run_args["seed"]),
+            {k: Path(v) for k, v in corpus_files(argparse.Namespace(**run_args)).items()},  # corpus 'files'
         )
     else:
         loaded = load_model_dir(args.model_dir)

@@ -135,12 +135,13 @@ def loss_on(model: Seq2Seq, batch: Batch, device: str, label_smoothing: float) -
 @torch.no_grad()
 def evaluate_loss(model: Seq2Seq, examples: list, max_tokens: int, device: str) -> float:
     """Mean per-token negative log-likelihood (no label smoothing): exp() of it is perplexity."""
+    was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
     for batch in batches(examples, max_tokens):
         total += loss_on(model, batch, device, 0.0).item()
         tokens += batch.n_tokens
-    model.train()
+    model.train(was_training)  # evaluation decodes right after this: dropout must stay off there
     return total / max(tokens, 1)
 
 

@@ -1,0 +1,1 @@
+"""Shared pytest configuration. Fixtures used by one package's tests live in that package's conftest."""

@@ -1,0 +1,82 @@
+"""Evaluation: perplexity and BLEU through the same generation code as the service."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seq2seq.config import ModelConfig
+from seq2seq.model import Seq2Seq
+from tests.training.conftest import TrainedRun, isolated_main
+from training import evaluate
+from training.data import batches
+from training.train import evaluate_loss
+
+
+def dropout_model() -> tuple[Seq2Seq, list[tuple[list[int], list[int]]]]:
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(src_vocab_size=20, tgt_vocab_size=20, emb_dim=8, hidden_dim=8, dropout=0.5))
+    g = torch.Generator().manual_seed(1)
+    examples = [
+        (torch.randint(4, 20, (n,), generator=g).tolist(), torch.randint(4, 20, (n + 1,), generator=g).tolist())
+        for n in (2, 5, 3, 7, 4)
+    ]
+    return model, examples
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_evaluate_loss_is_the_eval_mode_nll_and_keeps_the_mode(training: bool) -> None:
+    model, examples = dropout_model()
+    model.train(training)
+    loss = evaluate_loss(model, examples, max_tokens=30, device="cpu")
+    assert model.training is training  # evaluation decodes next: it must not switch dropout on
+    model.eval()
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for batch in batches(examples, 30):
+            logits = model(batch.src, batch.src_lengths, batch.tgt_in)
+            total += F.cross_entropy(logits.transpose(1, 2), batch.tgt_out, ignore_index=0, reduction="sum").item()
+            tokens += batch.n_tokens
+    assert loss == pytest.approx(total / tokens, rel=1e-5)
+    assert math.log(20) / 2 < loss < 3 * math.log(20)  # an untrained model is roughly uniform
+
+
+def test_evaluate_is_deterministic_on_a_model_with_dropout() -> None:
+    model, examples = dropout_model()
+    model.eval()
+    pairs = [(" ".join(map(str, s)), " ".join(map(str, t))) for s, t in examples]
+
+    class IdTokenizer:
+        def encode(self, text: str) -> list[int]:
+            return [int(x) for x in text.split()]
+
+        def decode(self, ids: list[int]) -> str:
+            return " ".join(str(i) for i in ids if i > 3)
+
+    tok = IdTokenizer()
+    first = evaluate.evaluate(model, tok, tok, pairs, beam_size=2, max_length=6)  # type: ignore[arg-type]
+    second = evaluate.evaluate(model, tok, tok, pairs, beam_size=2, max_length=6)  # type: ignore[arg-type]
+    assert not model.training
+    for name in ("greedy", "beam"):
+        assert first[name]["examples"] == second[name]["examples"]
+        assert first[name]["bleu"] == second[name]["bleu"]
+
+
+def test_evaluate_a_run_dir(trained_run: TrainedRun, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    with isolated_main():
+        result = evaluate.main(["--run-dir", str(trained_run.run_dir), "--beam-size", "3", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert result["sentences"] == len(trained_run.test)  # the run's own test file
+    assert result["test_ppl"] < 1.2
+    for name in ("greedy", "beam"):
+        assert result[name]["bleu"] > 90 and result[name]["bleu_lc"] >= result[name]["bleu"] - 1e-9
+        assert result[name]["signature"].startswith("nrefs:1")
+        example = result[name]["examples"][0]
+        assert example["output"] == example["reference"] == " ".join(reversed(example["source"].split()))
+    assert result["beam"]["decoding"]["beam_size"] == 3 and result["greedy"]["decoding"]["length_penalty"] is None
