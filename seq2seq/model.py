@@ -116,7 +116,10 @@ class Decoder(nn.Module):
         if state.context is not None:
             ctx = state.context[:, None, :].expand(-1, x.size(1), -1)  # (B, T, H)
             x = torch.cat([x, ctx], dim=-1)
-        out, (h, c) = self.lstm(x, (state.h, state.c))  # out: (B, T, H)
+        if x.size(1) == 1 and not self.training:
+            out, h, c = self._lstm_step(x[:, 0], state.h, state.c)
+        else:
+            out, (h, c) = self.lstm(x, (state.h, state.c))  # out: (B, T, H)
         if state.keys is not None:
             assert state.memory is not None and state.src_mask is not None
             scores = torch.bmm(out, state.keys.transpose(1, 2))  # (B, T, S)
@@ -132,6 +135,29 @@ class Decoder(nn.Module):
         else:
             logits = self.output(out)
         return logits, state.with_lstm(h, c)  # logits: (B, T, V)
+
+    def _lstm_step(
+        self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One time step with ``torch.lstm_cell`` on the same weights: x (B, E'), h, c (L, B, H).
+
+        ``nn.LSTM`` called for a single step goes through the fused sequence kernel, whose
+        fixed cost is several times the arithmetic at small batch; the cell is two GEMMs.
+        """
+        hs, cs = [], []
+        for layer in range(self.cfg.dec_layers):
+            h_l, c_l = torch.lstm_cell(
+                x,
+                (h[layer], c[layer]),
+                getattr(self.lstm, f"weight_ih_l{layer}"),
+                getattr(self.lstm, f"weight_hh_l{layer}"),
+                getattr(self.lstm, f"bias_ih_l{layer}"),
+                getattr(self.lstm, f"bias_hh_l{layer}"),
+            )
+            hs.append(h_l)
+            cs.append(c_l)
+            x = h_l  # inter-layer dropout is a training-time op only
+        return x[:, None, :], torch.stack(hs), torch.stack(cs)  # (B, 1, H), (L, B, H), (L, B, H)
 
 
 def _fit_layers(x: torch.Tensor, layers: int) -> torch.Tensor:

@@ -1,4 +1,7 @@
-"""Typed dependencies: what routes get from ``app.state`` (tests override them per app)."""
+"""Typed dependencies: what routes get from ``app.state`` (tests override them per app).
+
+They are ``async`` so FastAPI calls them on the event loop instead of hopping to its thread pool.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +14,15 @@ from service.registry import Registry
 from service.settings import Settings
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 

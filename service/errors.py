@@ -10,6 +10,7 @@
      ├── Overloaded             429  overloaded          (+ Retry-After)
      ├── DeadlineExceeded       504  deadline_exceeded
      ├── EngineUnavailable      503  unavailable         (loading, draining, dead worker)
+     ├── ClientClosedRequest    499  client_closed       (only logged: nobody is left to read it)
      └── InternalError          500  internal_error
 
 Every error body is ``{"error": {"code": ..., "message": ...}}``, for JSON replies and SSE
@@ -77,6 +78,11 @@ class EngineUnavailable(ServiceError):
 
     def __init__(self, message: str, retry_after_s: int = 1, **kwargs: Any) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)}, **kwargs)
+
+
+class ClientClosedRequest(ServiceError):
+    status_code = 499
+    code = "client_closed"
 
 
 class InternalError(ServiceError):

@@ -57,4 +57,3 @@ def install_error_handlers(app: FastAPI) -> None:
             if exc.status_code == 405:
                 error.code = "method_not_allowed"
         return error_response(error)
-

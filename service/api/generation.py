@@ -19,7 +19,7 @@ from seq2seq.generation import GenerationRequest, Hypothesis
 from seq2seq.tokenizer import Tokenizer
 from service.engine.engine import Engine
 from service.engine.streams import RequestStream
-from service.errors import DeadlineExceeded, EngineUnavailable, InvalidRequest
+from service.errors import ClientClosedRequest, DeadlineExceeded, EngineUnavailable, InvalidRequest
 from service.registry import ModelEntry, Registry
 from service.schemas import DecodingOptions
 from service.settings import Settings
@@ -128,12 +128,13 @@ async def wait_all(prepared: Prepared, streams: list[RequestStream], request: Re
         if results in done:
             return results.result()
         if watcher in done:
-            raise asyncio.CancelledError("client disconnected")
+            raise ClientClosedRequest("the client disconnected; generation was cancelled")
         raise DeadlineExceeded(f"no result within {prepared.timeout_s:g}s")
     finally:  # also on cancellation of the handler itself
         watcher.cancel()
         if not results.done():
             prepared.engine.abort({s.request_id for s in streams})
             results.cancel()
+            results.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no asyncio warning
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await watcher

@@ -79,9 +79,9 @@ def server(tiny_store: Path) -> Iterator[Server]:
         s.stop()
 
 
-def cancelled_count(url: str) -> float:
+def cancelled_count(url: str, model: str = "chat-en") -> float:
     text = httpx.get(f"{url}/metrics").text
-    m = re.search(r'^seq2seq_cancelled_total\{model="chat-en"\} ([0-9.]+)$', text, re.M)
+    m = re.search(rf'^seq2seq_cancelled_total\{{model="{model}"\}} ([0-9.]+)$', text, re.M)
     return float(m.group(1)) if m else 0.0
 
 
@@ -100,6 +100,19 @@ def test_live_before_ready_and_stream_disconnect_cancels(server: Server) -> None
     assert cancelled_count(server.url) == 1
     text = httpx.get(f"{server.url}/metrics").text
     assert re.search(r'^seq2seq_active_rows\{model="chat-en"\} 0.0$', text, re.M)
+
+
+def test_translate_disconnect_cancels_quietly(server: Server) -> None:
+    body = {"texts": ["Ein Mann spielt im Park."] * 64, "beam_size": 2, "min_length": 250, "max_length": 250}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+        httpx.post(f"{server.url}/translate", json=body, timeout=0.2)
+    deadline = time.monotonic() + 5
+    while cancelled_count(server.url, "translate-de-en") < 64 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cancelled_count(server.url, "translate-de-en") == 64
+    log = server.stop()
+    assert "Traceback" not in log and "never retrieved" not in log
+    assert '"status": 499' in log
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(server: Server) -> None:
