@@ -1,0 +1,75 @@
+"""Command-line parsing, and one tiny real run: a real server, real HTTP, every output written."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import run
+from bench.run import Rate
+from tests.tiny_models import make_tiny_store
+
+
+def test_quick_preset_and_explicit_flags_win() -> None:
+    cfg = run.parse_args(["--quick", "--concurrency", "2,4", "--modes", "none,continuous", "--threads", "1"])
+    assert cfg.concurrency == [2, 4]
+    assert cfg.duration == run.QUICK["duration"]
+    assert cfg.modes == ["continuous", "none"]  # continuous first: it sets the open-loop rates
+    assert cfg.threads == 1
+    assert cfg.label.endswith("-quick")
+    assert run.parse_args([]).duration == run.DEFAULTS["duration"]
+    with pytest.raises(SystemExit):
+        run.parse_args(["--modes", "dynamic"])
+
+
+def test_rates_absolute_and_relative() -> None:
+    assert Rate.parse("0.5x").resolve(40.0) == 20.0
+    assert Rate.parse(" 12 ").resolve(40.0) == 12.0
+
+
+def test_model_dir_picks_the_latest_version_numerically(tmp_path: Path) -> None:
+    for version in ("2", "10", "9"):
+        (tmp_path / "m" / version).mkdir(parents=True)
+        (tmp_path / "m" / version / "manifest.json").write_text("{}")
+    assert run.model_dir(tmp_path, "m").name == "10"
+    assert run.model_dir(tmp_path, "m@2").name == "2"
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_store(tmp_path_factory.mktemp("store") / "model_store")
+
+
+def test_tiny_real_run_writes_every_output(tiny_store: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "de.gz"
+    inputs.write_bytes(
+        gzip.compress("Ein Mann spielt im Park.\nZwei Hunde.\nEin Kind läuft auf der Straße.\n".encode())
+    )
+    chat = tmp_path / "en.txt"
+    chat.write_text("A dog plays.\nTwo men run in the park.\n")
+    args = ["--modes", "continuous", "--concurrency", "1,4", "--rates", "1x", "--duration", "0.6"]
+    args += ["--warmup", "0.2", "--ttft-duration", "0.4", "--bare-sentences", "3", "--threads", "1"]
+    args += ["--model-store", str(tiny_store), "--inputs", str(inputs), "--chat-inputs", str(chat)]
+    args += ["--out", str(tmp_path / "results"), "--label", "tiny", "--server-args", "--max-batch-rows 16"]
+    results = run.run(run.parse_args(args))
+
+    out = tmp_path / "results" / "tiny"
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["modes"]) == {"continuous"}
+    for mode in saved["modes"].values():
+        assert mode["startup_s"] > 0 and mode["rss_peak_bytes"] >= mode["rss_ready_bytes"] > 0
+        closed = [lvl for lvl in mode["levels"] if lvl["phase"] == "closed"]
+        assert [lvl["level"] for lvl in closed] == [1, 4]
+        assert all(lvl["ok"] > 0 and not lvl["errors"] and lvl["tokens_per_s"] > 0 for lvl in closed)
+        assert any(lvl["phase"] == "ttft" and lvl["ttft_p50_ms"] for lvl in mode["levels"])
+    assert saved["efficiency"]["peak_gflops"] > 0
+    assert saved["efficiency"]["modes"]["continuous"]["mfu"] > 0
+    assert "continuous" in saved["c1_vs_bare"]
+    assert results["meta"]["reference_rps"] > 0
+    assert "## Targets" in (out / "report.md").read_text()
+    assert (out / "latency_vs_throughput.png").stat().st_size > 0
+    raw = (tmp_path / "results" / "raw" / "tiny" / "requests.jsonl").read_text().splitlines()
+    assert {json.loads(line)["phase"] for line in raw} == {"closed", "open", "ttft"}
