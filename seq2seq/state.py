@@ -41,9 +41,10 @@ class DecoderState:
             assert self.keys is not None and self.src_mask is not None
             mask = self.src_mask.index_select(0, index)  # (B', S)
             width = int(mask.sum(1).max().item()) if len(index) else 0
-            mask = mask[:, :width]
-            memory = self.memory.index_select(0, index)[:, :width]
-            keys = self.keys.index_select(0, index)[:, :width]
+            # Trim before gathering, so the results are contiguous and the copies no larger than needed.
+            mask = mask[:, :width].contiguous()
+            memory = self.memory[:, :width].index_select(0, index)
+            keys = self.keys[:, :width].index_select(0, index)
         return DecoderState(
             h=self.h.index_select(1, index),
             c=self.c.index_select(1, index),
