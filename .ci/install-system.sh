@@ -11,6 +11,8 @@ set -euo pipefail
 PACKAGES=(docker.io debootstrap nginx docker-compose)
 DOCKER_DATA_ROOT=${DOCKER_DATA_ROOT:-/var/lib/docker}
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/dockerd.log}
+DOCKERD_PIDFILE=/var/run/docker.pid
+POLICY_RC_D=/usr/sbin/policy-rc.d
 DOCKERD_WAIT_S=${DOCKERD_WAIT_S:-60}
 
 log() { printf 'install-system: %s\n' "$*" >&2; }
@@ -25,11 +27,10 @@ install_packages() {
     fi
     log "installing ${missing[*]}"
     # Package scripts must not start nginx (port 80) or docker through init scripts; we start dockerd below.
-    local policy=/usr/sbin/policy-rc.d
-    if [[ ! -e $policy ]]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy"
-        chmod +x "$policy"
-        trap 'rm -f "$policy"' EXIT
+    if [[ ! -e $POLICY_RC_D ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$POLICY_RC_D"
+        chmod +x "$POLICY_RC_D"
+        trap 'rm -f "$POLICY_RC_D"' EXIT
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
@@ -40,11 +41,12 @@ start_dockerd() {
     if docker info >/dev/null 2>&1; then
         return
     fi
-    if ! pgrep -x dockerd >/dev/null; then
+    # An engine that is starting has written its pid file but does not answer yet: wait for it.
+    if ! { [[ -s $DOCKERD_PIDFILE ]] && kill -0 "$(cat "$DOCKERD_PIDFILE")" 2>/dev/null; }; then
         log "starting dockerd (data in $DOCKER_DATA_ROOT, log in $DOCKERD_LOG)"
         mkdir -p "$DOCKER_DATA_ROOT"
         setsid nohup dockerd --storage-driver=vfs --bridge=none --iptables=false \
-            --data-root "$DOCKER_DATA_ROOT" >>"$DOCKERD_LOG" 2>&1 </dev/null &
+            --data-root "$DOCKER_DATA_ROOT" --pidfile "$DOCKERD_PIDFILE" >>"$DOCKERD_LOG" 2>&1 </dev/null &
     fi
     local deadline=$((SECONDS + DOCKERD_WAIT_S))
     until docker info >/dev/null 2>&1; do

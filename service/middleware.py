@@ -43,7 +43,7 @@ class RequestContextMiddleware:
             return
 
         received = 0
-        too_large = replied = started = False
+        too_large = replied = response_started = False
 
         async def limited_receive() -> Message:
             nonlocal received, too_large
@@ -56,14 +56,14 @@ class RequestContextMiddleware:
             return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, replied, started
+            nonlocal status, replied, response_started
             if too_large:  # whatever the app made of the aborted body read, the answer is 413
                 if not replied:
                     replied, status = True, 413
                     await self._reply_too_large(send, request_id, received)
                 return
             if message["type"] == "http.response.start":
-                status, started = message["status"], True
+                status, response_started = message["status"], True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))]
             await send(message)
 
@@ -78,7 +78,7 @@ class RequestContextMiddleware:
             # middleware and answer without X-Request-ID (and outside CORS).
             log.exception("unhandled error, request %s", request_id)
             status = 500
-            if not started:
+            if not response_started:
                 error = InternalError(f"internal error: {type(exc).__name__}")
                 await self._reply(send, request_id, error)
         finally:

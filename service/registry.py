@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from seq2seq.checkpoint import CheckpointError, read_manifest
 from service.engine.engine import Engine
-from service.errors import ModelNotFound
+from service.errors import EngineUnavailable, ModelNotFound
 
 log = logging.getLogger("service.registry")
 
@@ -160,6 +160,16 @@ class Registry:
             and (target_lang is None or e.manifest["target_lang"] == target_lang)
         ]
         if not candidates:
+            pending = [
+                e.name
+                for e in self.entries.values()
+                if e.manifest.get("task") == task
+                and (source_lang is None or e.manifest.get("source_lang") == source_lang)
+                and (target_lang is None or e.manifest.get("target_lang") == target_lang)
+                and (e.status == "loading" or e.engine is not None)  # loading, or its worker died
+            ]
+            if pending:  # a model exists for this, it just cannot serve yet (or now): 503, retried elsewhere
+                raise EngineUnavailable(f"model {', '.join(pending)} is not ready", retry_after_s=5)
             available = sorted(self._pairs(task))
             wanted = f"{source_lang or '*'}->{target_lang or '*'}" if task == "translate" else (target_lang or "*")
             raise ModelNotFound(

@@ -195,3 +195,13 @@ async def test_unexpected_exception_is_500_with_error_shape_and_request_id(app_c
         assert r.headers["access-control-allow-origin"] == "http://ui.example"
         text = (await client.get("/metrics")).text
         assert 'seq2seq_requests_total{route="/boom",status="500"} 1.0' in text
+
+
+async def test_latency_is_measured(app_client: AppClient) -> None:
+    async with app_client() as (client, _):
+        await client.post("/translate", json={"text": GERMAN})
+        text = (await client.get("/metrics")).text
+        line = next(
+            x for x in text.splitlines() if x.startswith('seq2seq_request_latency_seconds_sum{route="/translate"}')
+        )
+        assert 0 < float(line.split()[-1]) < 30

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import ModelNotFound
+from service.errors import EngineUnavailable, ModelNotFound
 from service.registry import Registry, scan_store
 
 
@@ -54,3 +54,11 @@ def test_a_broken_model_is_reported_and_the_others_serve(store: Path) -> None:
     assert entry.name == "translate-de-en"  # higher BLEU than translate-de-en-basic
     with pytest.raises(ModelNotFound, match="no chat model for en"):
         registry.resolve("chat", None, None, "en")
+
+
+def test_a_model_still_loading_is_503_not_404(store: Path) -> None:
+    registry = Registry(store)  # scanned, nothing loaded yet
+    with pytest.raises(EngineUnavailable, match="translate-de-en"):
+        registry.resolve("translate", None, "de", "en")
+    with pytest.raises(ModelNotFound):
+        registry.resolve("translate", None, "fr", "en")  # nothing for this pair exists at all

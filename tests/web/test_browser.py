@@ -1,0 +1,219 @@
+"""End to end in headless Chromium: the page at / against a real server with the bundled models.
+
+One server (``python -m service --threads 1``) serves every test of the session. Screenshots
+land in ``artifacts/web/`` (gitignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.web.support import WebEnv
+
+pytestmark = pytest.mark.slow
+
+GERMAN = "Zwei Hunde spielen im Schnee."
+
+# Installed before the message is sent: one (time, length) sample per mutation callback of the
+# newest assistant reply. Several callbacks with growing lengths mean the text arrived in pieces.
+RECORD_REPLY_LENGTHS = """() => {
+  window.__replyLengths = [];
+  const log = document.querySelector('#chat-log');
+  new MutationObserver(() => {
+    const replies = log.querySelectorAll('.msg.assistant .text');
+    const last = replies[replies.length - 1];
+    if (last) window.__replyLengths.push([performance.now(), last.textContent.length]);
+  }).observe(log, {childList: true, subtree: true, characterData: true});
+}"""
+
+
+def open_page(page: Any, web_env: WebEnv, view: str = "translate") -> None:
+    page.goto(f"{web_env.service.url}/#{view}")
+    page.wait_for_function("document.querySelectorAll('#translate-model option').length > 0")
+
+
+def api_models(web_env: WebEnv) -> list[dict[str, Any]]:
+    return httpx.get(f"{web_env.service.url}/models", timeout=10).json()["models"]
+
+
+def test_translate_with_keyboard_and_n_best(page: Any, web_env: WebEnv, artifacts: Path) -> None:
+    open_page(page, web_env)
+    assert page.get_attribute("#translate-result", "aria-live") == "polite"
+    page.select_option("#translate-model", "model:translate-de-en")
+    page.click("#translate-form summary")  # open the decoding options
+    page.fill("#translate-beam_size", "4")
+    page.fill("#translate-n_best", "3")
+    page.fill("#translate-text", GERMAN)
+    page.focus("#translate-text")
+    page.keyboard.press("Control+Enter")
+
+    output = page.wait_for_selector("#translate-result .translation .output")
+    assert output.inner_text().strip()
+    assert "score" in page.inner_text("#translate-result .translation .meta")
+    alternatives = page.query_selector_all("#translate-result .alternatives li")
+    assert len(alternatives) == 3
+    assert page.is_hidden("#translate-error")
+    page.screenshot(path=str(artifacts / "translate.png"), full_page=True)
+
+
+def test_translate_errors_are_shown_from_the_api(page: Any, web_env: WebEnv, artifacts: Path) -> None:
+    open_page(page, web_env)
+    # Empty text: the server's 422 message, shown in the alert region.
+    expected = httpx.post(f"{web_env.service.url}/translate", json={"text": ""}, timeout=10).json()["error"]
+    page.fill("#translate-text", "")
+    page.click("#translate-submit")
+    alert = page.wait_for_selector("#translate-error:not([hidden])")
+    assert alert.get_attribute("role") == "alert"
+    assert expected["message"] in alert.inner_text()
+    assert "422" in alert.inner_text()
+
+    # An invalid combination of options (n_best > beam_size) is the server's to reject, too.
+    page.click("#translate-form summary")
+    page.fill("#translate-n_best", "3")
+    page.fill("#translate-text", GERMAN)
+    page.click("#translate-submit")
+    page.wait_for_function(
+        "document.querySelector('#translate-error').innerText.includes('n_best must not exceed beam_size')"
+    )
+    page.screenshot(path=str(artifacts / "error-422.png"), full_page=True)
+
+    # 429 with Retry-After (simulated: a real full queue needs a flood of requests).
+    body = {"error": {"code": "overloaded", "message": "queue of translate-de-en is full (256 waiting)"}}
+    page.route(
+        "**/translate",
+        lambda route: route.fulfill(
+            status=429, headers={"Retry-After": "3", "Content-Type": "application/json"}, body=json.dumps(body)
+        ),
+    )
+    page.fill("#translate-n_best", "")
+    page.click("#translate-submit")
+    page.wait_for_function("document.querySelector('#translate-error').innerText.includes('queue of')")
+    text = page.inner_text("#translate-error")
+    assert "busy" in text and "Retry in 3 s" in text and "429" in text
+
+
+def test_chat_reply_streams_token_by_token(page: Any, web_env: WebEnv, artifacts: Path) -> None:
+    open_page(page, web_env)
+    page.click("#tab-chat")
+    assert page.is_visible("#chat-log")
+    page.select_option("#chat-model", "lang:en")
+    page.evaluate(RECORD_REPLY_LENGTHS)
+    page.fill("#chat-message", "Hello, how are you?")
+    page.keyboard.press("Enter")  # focus is in the message box after fill
+
+    page.wait_for_selector("#chat-log .msg.assistant .meta")
+    reply = page.inner_text("#chat-log .msg.assistant .text").strip()
+    assert reply
+    assert page.inner_text("#chat-log .msg.user .text") == "Hello, how are you?"
+    assert page.get_attribute("#chat-log .msg.assistant", "aria-busy") is None
+    samples = page.evaluate("window.__replyLengths")
+    lengths = [n for _, n in samples]
+    assert lengths == sorted(lengths), f"the reply shrank while streaming: {lengths}"
+    partial = [(t, n) for t, n in samples if 0 < n < len(reply)]
+    assert len({n for _, n in partial}) >= 2, f"the reply did not grow in steps: {samples}"
+    # ...and at different moments: pieces that arrived together would share a timestamp.
+    assert len({t for t, _ in partial}) >= 2, f"the reply arrived all at once: {samples}"
+    assert page.input_value("#chat-message") == ""
+    page.screenshot(path=str(artifacts / "chat.png"), full_page=True)
+
+    # A second message carries the first exchange as history and appends to the conversation.
+    page.fill("#chat-message", "What is your name?")
+    page.click("#chat-send")
+    page.wait_for_function("document.querySelectorAll('#chat-log .msg.assistant .meta').length === 2")
+    assert len(page.query_selector_all("#chat-log .msg")) == 4
+
+
+def test_chat_errors_before_and_during_the_stream(page: Any, web_env: WebEnv) -> None:
+    open_page(page, web_env, "chat")
+    # 422 before the stream: the exchange is taken back and the message kept for editing.
+    page.click("#chat-form summary")
+    page.fill("#chat-beam_size", "2")
+    page.check("#chat-sample")
+    page.fill("#chat-message", "Hello")
+    page.press("#chat-message", "Enter")
+    alert = page.wait_for_selector("#chat-error:not([hidden])")
+    assert "sample=true cannot be combined with beam_size > 1" in alert.inner_text()
+    assert page.query_selector("#chat-log .msg") is None
+    assert page.input_value("#chat-message") == "Hello"
+
+    # An SSE error event after some tokens: the partial reply stays, the error is shown.
+    sse = 'event: token\ndata: {"text": "I am"}\n\nevent: error\ndata: {"error": {"code": "internal_error", "message": "the batch failed"}}\n\n'
+    page.route(
+        "**/chat", lambda route: route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=sse)
+    )
+    page.fill("#chat-beam_size", "")
+    page.press("#chat-message", "Enter")
+    page.wait_for_function("document.querySelector('#chat-error').innerText.includes('the batch failed')")
+    assert page.inner_text("#chat-log .msg.assistant .text") == "I am"
+    assert "failed" in (page.get_attribute("#chat-log .msg.assistant", "class") or "")
+
+    # 503 with Retry-After (model loading).
+    page.unroute("**/chat")
+    body = {"error": {"code": "unavailable", "message": "model chat-en is loading"}}
+    page.route(
+        "**/chat",
+        lambda route: route.fulfill(
+            status=503, headers={"Retry-After": "5", "Content-Type": "application/json"}, body=json.dumps(body)
+        ),
+    )
+    page.press("#chat-message", "Enter")
+    page.wait_for_function("document.querySelector('#chat-error').innerText.includes('is loading')")
+    assert "Retry in 5 s" in page.inner_text("#chat-error")
+
+
+def test_compare_shows_every_de_en_model(page: Any, web_env: WebEnv, artifacts: Path) -> None:
+    de_en = {
+        m["name"]: m
+        for m in api_models(web_env)
+        if (m["task"], m["source_lang"], m["target_lang"]) == ("translate", "de", "en")
+    }
+    assert de_en
+    open_page(page, web_env)
+    page.focus("#tab-translate")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")  # Translate -> Chat -> Compare models, by keyboard
+    assert page.get_attribute("#tab-compare", "aria-selected") == "true"
+    assert page.is_visible("#panel-compare") and page.is_hidden("#panel-translate")
+
+    rows = page.query_selector_all("#compare-rows tr[data-model]")
+    assert sorted(r.get_attribute("data-model") for r in rows) == sorted(de_en)
+    page.fill("#compare-text", GERMAN)
+    page.press("#compare-text", "Enter")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#compare-rows tr[data-model]')]"
+        ".every(r => r.querySelector('.score').textContent.trim() && !r.hasAttribute('aria-busy'))"
+    )
+    assert page.is_hidden("#compare-error")
+    for row in page.query_selector_all("#compare-rows tr[data-model]"):
+        model = de_en[row.get_attribute("data-model")]
+        assert row.query_selector(".output").inner_text().strip()
+        assert model["architecture"] in row.query_selector(".architecture").inner_text()
+        bleu = row.query_selector(".bleu").inner_text()
+        evaluation = model["evaluation"] or {}
+        if (evaluation.get("beam") or {}).get("bleu") is not None:
+            assert f"{evaluation['beam']['bleu']:.1f}" in bleu
+        elif (evaluation.get("greedy") or {}).get("bleu") is None:
+            assert bleu == "not evaluated"
+    page.screenshot(path=str(artifacts / "compare.png"), full_page=True)
+
+
+def test_keyboard_focus_is_visible_and_controls_are_labelled(page: Any, web_env: WebEnv) -> None:
+    open_page(page, web_env)
+    page.keyboard.press("Tab")  # the skip link
+    assert page.evaluate("document.activeElement.className") == "skip-link"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "tab-translate"
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline not in ("", "none")
+    page.keyboard.press("Tab")  # from the tab list into the panel's first control
+    assert page.evaluate("document.activeElement.id") in ("panel-translate", "translate-model")
+    unlabelled = page.evaluate(
+        "[...document.querySelectorAll('input, select, textarea')]"
+        ".filter(e => !e.labels.length && !e.getAttribute('aria-label')).map(e => e.outerHTML)"
+    )
+    assert unlabelled == []

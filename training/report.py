@@ -1,0 +1,52 @@
+"""The README's table of bundled models, generated from their manifests.
+
+python -m training.report [--model-store model_store]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from seq2seq.checkpoint import read_manifest
+from service.registry import scan_store
+from training.export import MODEL_STORE
+
+
+def _bleu(evaluation: dict[str, Any], mode: str) -> str:
+    result = evaluation.get(mode) or {}
+    return f"{result['bleu']:.1f} / {result['bleu_lc']:.1f}" if "bleu" in result else "–"
+
+
+def table(store: Path) -> str:
+    rows = [
+        "| model | task | architecture | parameters | size | test set | BLEU greedy (cased / lc) | "
+        "BLEU beam 5 (cased / lc) | test ppl | epochs | training time | hardware |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for entry in scan_store(store, []):
+        m = read_manifest(entry.path)
+        evaluation = m.get("evaluation") or {}
+        training = m.get("training") or {}
+        size = sum(f.stat().st_size for f in entry.path.iterdir() if f.is_file()) / 2**20
+        minutes = training.get("training_time_s", 0) / 60
+        rows.append(
+            f"| `{m['name']}` v{m['version']} | {m['task']} {m['source_lang']}→{m['target_lang']} "
+            f"| {m['model']['architecture']} | {m['parameters'] / 1e6:.1f} M | {size:.1f} MB "
+            f"| {evaluation.get('test_set', '–')} ({evaluation.get('sentences', '–')}) "
+            f"| {_bleu(evaluation, 'greedy')} | {_bleu(evaluation, 'beam')} | {evaluation.get('test_ppl', '–')} "
+            f"| {training.get('epochs', '–')} (best {training.get('best_epoch', '–')}) | {minutes:.0f} min "
+            f"| {training.get('hardware', '–')} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-store", type=Path, default=MODEL_STORE)
+    print(table(p.parse_args(argv).model_store))
+
+
+if __name__ == "__main__":
+    main()
