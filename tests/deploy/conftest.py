@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,8 +21,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parents[2]
-MODEL_STORE = REPO / "model_store"
+from tests.server_process import MODEL_STORE, ServiceError, ServiceProcess
+from tests.server_process import ROOT as REPO
+
 MODEL = "translate-de-en"
 TRANSLATE_BODY = {"text": "Ein Mann fährt Fahrrad.", "source_lang": "de", "target_lang": "en"}
 SHUTDOWN_GRACE_S = 15
@@ -49,12 +46,6 @@ def require_tool(name: str) -> str:
 def require_model(name: str = MODEL) -> None:
     if not (MODEL_STORE / name).is_dir():
         unavailable(f"{MODEL_STORE / name} does not exist yet (train it: python -m training.recipes train {name})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.5) -> None:
@@ -192,38 +183,23 @@ class LoadLoop:
 # -- service replicas on loopback --------------------------------------------------------------------
 
 
-@dataclass
-class Replica:
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+class Replica(ServiceProcess):
+    """`python -m service` (or gated_service.py) on a free loopback port; see tests.server_process."""
 
     def answers(self, path: str, status: int) -> bool:
         """Whether GET `path` answers `status`; fails at once if the process has exited."""
-        if self.process.poll() is not None:
-            raise AssertionError(f"replica on {self.port} exited ({self.process.returncode}):\n{self.log_tail()}")
+        self.check_running()
         return http_status(self.url + path) == status
 
-    def wait_ready(self, timeout_s: float = 180) -> None:
-        wait_until(lambda: self.answers("/health/ready", 200), timeout_s, f"replica {self.port} ready")
+    def wait_ready(self, timeout: float = 180, interval: float = 0.5) -> None:
+        super().wait_ready(timeout, interval)
 
-    def terminate(self, timeout_s: float = SHUTDOWN_GRACE_S + 10) -> int:
-        """SIGTERM, then wait; SIGKILL only if the graceful shutdown hangs. Returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
+    def terminate(self, timeout: float = SHUTDOWN_GRACE_S + 10, *, kill_is_error: bool = True) -> int:
+        """SIGTERM, then wait; SIGKILL only if the graceful shutdown hangs, which fails the test.
+
+        Returns the exit code.
+        """
+        return super().terminate(timeout, kill_is_error=kill_is_error)
 
 
 ReplicaFactory = Callable[..., Replica]
@@ -240,27 +216,26 @@ def spawn_replica(tmp_path: Path) -> Iterator[ReplicaFactory]:
     def spawn(load_gate: Path | None = None, models: str = MODEL) -> Replica:
         for name in models.split(","):
             require_model(name)
-        port = free_port()
-        log = tmp_path / f"replica-{port}.log"
-        module = ["-m", "tests.deploy.gated_service", str(load_gate)] if load_gate else ["-m", "service"]
-        flags = ["--host", "127.0.0.1", "--port", str(port), "--model-store", str(MODEL_STORE), "--models", models]
-        flags += ["--device", "cpu", "--threads", "1", "--shutdown-grace-s", str(SHUTDOWN_GRACE_S)]
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, *module, *flags],
-                cwd=REPO,
-                env={**os.environ, "PYTHONPATH": str(REPO)},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        replica = Replica(port, process, log)
+        flags = ["--host", "127.0.0.1", "--models", models, "--device", "cpu"]
+        flags += ["--shutdown-grace-s", str(SHUTDOWN_GRACE_S)]
+        replica = Replica(
+            tmp_path / f"replica-{len(started)}.log",
+            *flags,
+            module="tests.deploy.gated_service" if load_gate else "service",
+            module_args=[str(load_gate)] if load_gate else [],
+            env={"PYTHONPATH": str(REPO)},
+        )
         started.append(replica)
         return replica
 
     yield spawn
-    for replica in started:
-        if replica.process.poll() is None:
+    hung = []
+    for replica in started:  # stop every one, even after one that had to be killed
+        try:
             replica.terminate()
+        except ServiceError as exc:
+            hung.append(str(exc))
+    assert not hung, "\n\n".join(hung)
 
 
 def unique_name(prefix: str) -> str:

@@ -26,13 +26,13 @@ from tests.deploy.conftest import (
     SHUTDOWN_GRACE_S,
     TRANSLATE_BODY,
     LoadLoop,
-    free_port,
     require_model,
     require_tool,
     unavailable,
     unique_name,
     wait_until,
 )
+from tests.server_process import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -26,12 +26,12 @@ from tests.deploy.conftest import (
     LoadLoop,
     Replica,
     ReplicaFactory,
-    free_port,
     http_status,
     request_count,
     require_tool,
     wait_until,
 )
+from tests.server_process import free_port
 
 pytestmark = pytest.mark.slow
 

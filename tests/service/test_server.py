@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,67 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, store: Path, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "--port",
-                str(self.port),
-                "--model-store",
-                str(store),
-                "--threads",
-                "1",
-                *args,
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.proc.stdout.read() if self.proc.stdout else ""
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError("server not ready")
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        out, _ = self.proc.communicate(timeout=10)
-        return out
+from tests.server_process import ServiceProcess
 
 
 @pytest.fixture
-def server(tiny_store: Path) -> Iterator[Server]:
-    s = Server(tiny_store, "--shutdown-grace-s", "10")
-    try:
-        s.wait_ready()
+def server(tiny_store: Path, tmp_path: Path) -> Iterator[ServiceProcess]:
+    with ServiceProcess(tmp_path / "server.log", "--shutdown-grace-s", "10", store=tiny_store) as s:
+        s.wait_ready(60)
         yield s
-    finally:
-        s.stop()
 
 
 def cancelled_count(url: str, model: str = "chat-en") -> float:
@@ -85,7 +28,7 @@ def cancelled_count(url: str, model: str = "chat-en") -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def test_live_before_ready_and_stream_disconnect_cancels(server: Server) -> None:
+def test_live_before_ready_and_stream_disconnect_cancels(server: ServiceProcess) -> None:
     assert httpx.get(f"{server.url}/health/live").json() == {"status": "ok"}
     body = {"message": "a man runs", "stream": True, "min_length": 250, "max_length": 250}
     with httpx.Client(base_url=server.url, timeout=10) as client:
@@ -102,7 +45,7 @@ def test_live_before_ready_and_stream_disconnect_cancels(server: Server) -> None
     assert re.search(r'^seq2seq_active_rows\{model="chat-en"\} 0.0$', text, re.M)
 
 
-def test_translate_disconnect_cancels_quietly(server: Server) -> None:
+def test_translate_disconnect_cancels_quietly(server: ServiceProcess) -> None:
     body = {"texts": ["Ein Mann spielt im Park."] * 64, "beam_size": 2, "min_length": 250, "max_length": 250}
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
         httpx.post(f"{server.url}/translate", json=body, timeout=0.2)
@@ -110,12 +53,13 @@ def test_translate_disconnect_cancels_quietly(server: Server) -> None:
     while cancelled_count(server.url, "translate-de-en") < 64 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert cancelled_count(server.url, "translate-de-en") == 64
-    log = server.stop()
+    server.terminate()
+    log = server.log()
     assert "Traceback" not in log and "never retrieved" not in log
     assert '"status": 499' in log
 
 
-def test_sigterm_drains_in_flight_requests_then_exits_0(server: Server) -> None:
+def test_sigterm_drains_in_flight_requests_then_exits_0(server: ServiceProcess) -> None:
     body = {"text": "Ein Mann spielt im Park.", "min_length": 150, "max_length": 150}
 
     clients = [httpx.Client(base_url=server.url, timeout=30) for _ in range(8)]
@@ -137,7 +81,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(server: Server) -> None:
         c.close()
     assert statuses == [200] * 8  # nothing accepted is lost
     assert server.proc.wait(timeout=15) == 0
-    log = server.stop()
+    log = server.log()
     assert "Shutting down" in log or "shutting down" in log.lower()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/health/live", timeout=1)

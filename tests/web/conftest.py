@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.server_process import ServiceProcess
 from tests.web.support import (
     ARTIFACTS,
     CHROMIUM,
@@ -16,8 +17,6 @@ from tests.web.support import (
     WebEnv,
     de_en_models,
     require_browser,
-    start_service,
-    stop_service,
 )
 
 OTHER_ORIGIN_PAGE = "<!doctype html><html lang='en'><head><title>another origin</title></head><body></body></html>"
@@ -32,17 +31,15 @@ def web_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebEnv]:
     allowed, disallowed = PageServer(pages), PageServer(pages)
     models = [*de_en_models(), "chat-en"]
     try:
-        service = start_service(
+        with ServiceProcess(
             tmp_path_factory.mktemp("server") / "server.log",
             "--models",
             ",".join(models),
             "--cors-origins",
             allowed.origin,
-        )
-        try:
+        ) as service:
+            service.wait_ready(60)
             yield WebEnv(service, allowed, disallowed)
-        finally:
-            stop_service(service)
     finally:
         allowed.close()
         disallowed.close()

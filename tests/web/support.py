@@ -1,4 +1,6 @@
-"""Helpers for the web tests: a real server, pages on other loopback origins, headless Chromium.
+"""Helpers for the web tests: the real server's models, pages on other loopback origins, headless Chromium.
+
+The server itself is a :class:`tests.server_process.ServiceProcess`.
 
 The browser tests drive Debian's Chromium (``/usr/bin/chromium``, installed by
 ``.ci/install-browser.sh``) through Playwright's Python package with ``executable_path``:
@@ -11,21 +13,16 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-MODEL_STORE = ROOT / "model_store"
+from tests.server_process import MODEL_STORE, ROOT, ServiceProcess
+
 ARTIFACTS = ROOT / "artifacts" / "web"
 CHROMIUM = Path(os.environ.get("SEQ2SEQ_CHROMIUM", "/usr/bin/chromium"))
 # Headless as root on a machine without a GPU or outside network (see .ci/install-browser.sh).
@@ -62,12 +59,6 @@ def require_browser() -> None:
         pytest.skip(reason)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ---------------------------------------------------------------------------------------------
 # Static pages on other origins (for the cross-origin tests)
 
@@ -94,7 +85,7 @@ class PageServer:
 
 
 # ---------------------------------------------------------------------------------------------
-# The real service
+# The real service (started by the web_env fixture)
 
 
 def de_en_models(store: Path = MODEL_STORE) -> list[str]:
@@ -111,64 +102,7 @@ def de_en_models(store: Path = MODEL_STORE) -> list[str]:
 
 
 @dataclass
-class Service:
-    url: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-
-def start_service(log_path: Path, *args: str, timeout: float = 60) -> Service:
-    """``python -m service`` on a free port with the repo's model store; returns once /health/ready is 200."""
-    port = free_port()
-    with log_path.open("wb") as log:  # a file, not a pipe: a full pipe would block the server
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "--port",
-                str(port),
-                "--model-store",
-                str(MODEL_STORE),
-                "--threads",
-                "1",
-                *args,
-            ],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    service = Service(f"http://127.0.0.1:{port}", proc, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}:\n{service.log()}")
-        try:
-            if httpx.get(f"{service.url}/health/ready", timeout=1).status_code == 200:
-                return service
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    stop_service(service)
-    raise TimeoutError(f"the server was not ready within {timeout:g}s:\n{service.log()}")
-
-
-def stop_service(service: Service) -> None:
-    if service.proc.poll() is None:
-        service.proc.terminate()
-        try:
-            service.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            service.proc.kill()
-            service.proc.wait(timeout=5)
-
-
-@dataclass
 class WebEnv:
-    service: Service
+    service: ServiceProcess  # ready; see tests.server_process
     allowed: PageServer  # an origin in --cors-origins
     disallowed: PageServer  # an origin that is not
