@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -54,8 +55,9 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
+        # One core stays with the event loop (HTTP, JSON, streams): on small machines torch
+        # threads that compete with it for every core make the whole server slower.
+        torch.set_num_threads(settings.threads or max(1, (os.cpu_count() or 2) - 1))
         registry = Registry(Path(settings.model_store), settings.models)
         app.state.registry = registry
         factory = engine_factory(settings, metrics)

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
         "auto", description="auto: float16 on CUDA, float32 on CPU"
     )
     batching: Literal["continuous", "static", "none"] = "continuous"
-    threads: int = Field(0, ge=0, description="torch intra-op threads; 0: all cores")
+    threads: int = Field(0, ge=0, description="torch intra-op threads; 0: all cores but one")
 
     # Engine limits
     max_batch_rows: int = Field(128, ge=1, description="decoder rows per step (a beam-search request takes beam_size)")

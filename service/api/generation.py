@@ -110,9 +110,12 @@ def submit(prepared: Prepared) -> list[RequestStream]:
     return streams
 
 
-async def _disconnected(request: Request, interval_s: float = 0.1) -> None:
-    while not await request.is_disconnected():
-        await asyncio.sleep(interval_s)
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects. The body has been read, so the server's next ASGI
+    message for this request is the disconnect: waiting on it costs nothing, unlike polling
+    ``is_disconnected()`` for every open request several times a second."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def wait_all(prepared: Prepared, streams: list[RequestStream], request: Request) -> list[list[Hypothesis]]:
