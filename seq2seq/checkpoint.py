@@ -91,6 +91,12 @@ def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def save_weights(model: torch.nn.Module, path: Path, dtype: torch.dtype | None = None) -> None:
+    """Write the model's weights (tied tensors once) as safetensors, optionally cast to ``dtype``."""
+    weights = {k: v.detach().to("cpu", dtype).contiguous() for k, v in unique_state_dict(model).items()}
+    save_file(weights, str(path), metadata={"format": "pt"})
+
+
 def save_model_dir(
     out_dir: Path,
     model: Seq2Seq,
@@ -102,8 +108,7 @@ def save_model_dir(
 ) -> Path:
     """Write a complete model directory and its manifest (with checksums) into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().to("cpu", dtype).contiguous() for k, v in unique_state_dict(model).items()}
-    save_file(weights, str(out_dir / WEIGHTS), metadata={"format": "pt"})
+    save_weights(model, out_dir / WEIGHTS, dtype)
     (out_dir / WEIGHTS).chmod(0o644)  # readable by the unprivileged user of the container image
     tokenizer = {"source": "source.model", "target": "target.model"}
     if source_tokenizer.read_bytes() == target_tokenizer.read_bytes():  # joint vocabulary: one file

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from seq2seq.checkpoint import load_weights, unique_state_dict
+from seq2seq.checkpoint import load_weights, save_weights
 from seq2seq.config import PAD_ID, ModelConfig
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import Tokenizer
@@ -208,10 +208,7 @@ class Trainer:
 
     def checkpoint(self) -> None:
         """Write last weights, optimizer and trainer state; the state file is replaced last and atomically."""
-        save_file(
-            {k: v.contiguous() for k, v in unique_state_dict(self.model).items()},
-            str(self.run_dir / "last.safetensors"),
-        )
+        save_weights(self.model, self.run_dir / "last.safetensors")
         save_optimizer(self.optimizer, self.run_dir / "optimizer.safetensors")
         tmp = self.run_dir / "trainer_state.json.tmp"
         tmp.write_text(json.dumps(asdict(self.state), indent=2) + "\n")
@@ -323,10 +320,7 @@ class Trainer:
         )
         if val_loss < st.best_val_loss:
             st.best_val_loss, st.best_epoch, st.bad_epochs = val_loss, st.epoch, 0
-            save_file(
-                {k: v.contiguous() for k, v in unique_state_dict(self.model).items()},
-                str(self.run_dir / "best.safetensors"),
-            )
+            save_weights(self.model, self.run_dir / "best.safetensors")
         else:
             st.bad_epochs += 1
             self.set_lr(st.lr * args.lr_decay)
