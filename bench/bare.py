@@ -18,6 +18,7 @@ import torch
 from seq2seq.checkpoint import load_model_dir
 from seq2seq.decoding import DecodeParams
 from seq2seq.generation import GenerationRequest, generate
+from seq2seq.quantize import quantize_int8
 
 MAX_OUTPUT_TOKENS = 256  # the server's default --max-output-tokens
 
@@ -39,12 +40,14 @@ def time_bare_model(
     threads: int,
     beam_size: int = 1,
     warmup: int = 3,
+    quantize: str = "none",
 ) -> list[BareTiming]:
     """Decode each sentence alone (after ``warmup`` untimed ones) with ``threads`` intra-op threads."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         loaded = load_model_dir(model_dir, device, dtype)
+        model = quantize_int8(loaded.model) if quantize == "int8" else loaded.model
         requests = []
         for i, text in enumerate(sentences):
             ids = loaded.source_tokenizer.encode(text)
@@ -52,11 +55,11 @@ def time_bare_model(
                 params = DecodeParams(max_length=min(2 * len(ids) + 10, MAX_OUTPUT_TOKENS), beam_size=beam_size)
                 requests.append(GenerationRequest(str(i), ids, params))
         for request in requests[:warmup]:
-            generate(loaded.model, [request], device=device)
+            generate(model, [request], device=device)
         timings = []
         for request in requests:
             t0 = time.perf_counter()
-            hyps = generate(loaded.model, [request], device=device)[request.id]  # lists: already synchronised
+            hyps = generate(model, [request], device=device)[request.id]  # lists: already synchronised
             elapsed = time.perf_counter() - t0
             timings.append(BareTiming(int(request.id), elapsed, len(request.src_ids), len(hyps[0].tokens)))
         return timings

@@ -1,4 +1,4 @@
-"""Asyncio load generator: closed-loop workers and open-loop Poisson arrivals over httpx.
+"""Asyncio load generator: closed-loop workers and open-loop Poisson arrivals over HTTP/1.1.
 
 Two ways of offering load, because they answer different questions:
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+from bench.httpclient import TRANSPORT_ERRORS, HttpClient
 
 log = logging.getLogger("bench.loadgen")
 
@@ -101,13 +101,15 @@ def poisson_arrivals(rate: float, duration_s: float, rng: random.Random) -> list
 class Target:
     """One kind of request (route + body template) over a cycle of inputs; calling it sends the next one.
 
-    ``/translate`` replies are read for ``usage``; with ``stream=True`` the ``/chat`` SSE
-    stream is read line by line to time the first ``token`` event.
+    Request bodies are encoded once, up front, so that the per-request work on the client
+    side is only the HTTP exchange. ``/translate`` replies are read for ``usage``; with
+    ``stream=True`` the ``/chat`` SSE stream is read line by line to time the first
+    ``token`` event.
     """
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         route: str,
         field: str,
         sentences: Sequence[str],
@@ -120,44 +122,45 @@ class Target:
             raise ValueError("no input sentences")
         self.client = client
         self.route = route
-        self.field = field
-        self.sentences = sentences
-        self.body = body
         self.timeout_s = timeout_s
         self.stream = stream
+        extra = {"stream": True} if stream else {}
+        self.bodies = [json.dumps({**body, field: s, **extra}).encode() for s in sentences]
         self._next: Iterator[int] = itertools.cycle(range(len(sentences)))
 
     async def __call__(self, scheduled: float | None = None) -> RequestRecord:
         """Send the next input; ``scheduled`` is the open-loop arrival time latency counts from."""
         index = next(self._next)
-        body = {**self.body, self.field: self.sentences[index]}
         start = time.perf_counter() if scheduled is None else scheduled
         try:
             async with asyncio.timeout(self.timeout_s):
                 if self.stream:
-                    return await self._streamed(index, start, body)
-                resp = await self.client.post(self.route, json=body)
-        except (httpx.HTTPError, TimeoutError) as exc:
+                    return await self._streamed(index, start)
+                status, content = await self.client.post_json(self.route, self.bodies[index])
+        except (*TRANSPORT_ERRORS, TimeoutError) as exc:
             return RequestRecord(index, start, time.perf_counter(), 0, error=f"client:{type(exc).__name__}")
         end = time.perf_counter()
-        if resp.status_code != 200:
-            return RequestRecord(index, start, end, resp.status_code, error=f"http_{resp.status_code}")
-        data = resp.json()
+        if status != 200:
+            return RequestRecord(index, start, end, status, error=f"http_{status}")
+        data = json.loads(content)
         usage = data.get("usage") or {}
         finish = (data.get("translations") or [{}])[0].get("finish_reason")
         return RequestRecord(
             index, start, end, 200, usage.get("input_tokens", 0), usage.get("output_tokens", 0), finish_reason=finish
         )
 
-    async def _streamed(self, index: int, start: float, body: dict[str, Any]) -> RequestRecord:
+    async def _streamed(self, index: int, start: float) -> RequestRecord:
         ttft: float | None = None
         event = ""
-        async with self.client.stream("POST", self.route, json={**body, "stream": True}) as resp:
-            if resp.status_code != 200:
-                await resp.aread()
-                end = time.perf_counter()
-                return RequestRecord(index, start, end, resp.status_code, error=f"http_{resp.status_code}")
-            async for line in resp.aiter_lines():
+        record: RequestRecord | None = None
+        async with self.client.post(self.route, self.bodies[index]) as resp:
+            if resp.status != 200:
+                await resp.read()
+                return RequestRecord(index, start, time.perf_counter(), resp.status, error=f"http_{resp.status}")
+            # Read to the end of the stream even after "done", so the connection can be reused.
+            async for line in resp.lines():
+                if record is not None:
+                    continue
                 if line.startswith("event:"):
                     event = line.removeprefix("event:").strip()
                     if event == "token" and ttft is None:
@@ -167,10 +170,13 @@ class Target:
                     end = time.perf_counter()
                     if event == "error":
                         code = data.get("error", {}).get("code", "unknown")
-                        return RequestRecord(index, start, end, 200, ttft=ttft, error=f"sse:{code}")
-                    tokens, finish = data.get("tokens", 0), data.get("finish_reason")
-                    return RequestRecord(index, start, end, 200, output_tokens=tokens, ttft=ttft, finish_reason=finish)
-        return RequestRecord(index, start, time.perf_counter(), 200, ttft=ttft, error="sse:no_done_event")
+                        record = RequestRecord(index, start, end, 200, ttft=ttft, error=f"sse:{code}")
+                    else:
+                        tokens, finish = data.get("tokens", 0), data.get("finish_reason")
+                        record = RequestRecord(
+                            index, start, end, 200, output_tokens=tokens, ttft=ttft, finish_reason=finish
+                        )
+        return record or RequestRecord(index, start, time.perf_counter(), 200, ttft=ttft, error="sse:no_done_event")
 
 
 EdgeHook = Callable[[], Awaitable[None]]  # called at the start and at the end of the measurement window

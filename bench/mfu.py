@@ -12,10 +12,13 @@ nothing about a shared 2-core VM.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
+import torch.nn as nn
 
 from seq2seq.config import ModelConfig
+from seq2seq.quantize import quantize_modules_int8
 
 DECODER_FORMULA = (
     "per generated token: LSTM sum_l 2*4*H*(in_l + H) (in_1 = E, + H for context-every-step; in_l = H above) "
@@ -67,31 +70,40 @@ def matmul_peak_gflops(
     n: int = 1024,
     rounds: int = 5,
     min_round_s: float = 0.2,
+    quantize: str = "none",
 ) -> float:
     """Best GFLOP/s of ``n x n @ n x n`` over ``rounds`` timed rounds, with ``threads`` intra-op threads.
 
-    The best round, not the mean: the peak is the denominator of MFU, and the background
-    load of a shared machine only ever lowers it.
+    With ``quantize="int8"`` the product is the int8 dynamic linear layer the quantised
+    model runs (activations quantised on the fly), so MFU is measured against the peak
+    of the arithmetic actually used. The best round, not the mean: the peak is the
+    denominator of MFU, and the background load of a shared machine only ever lowers it.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        iters = 1
-        while _time_matmuls(a, b, iters, device) < min_round_s:  # calibrate: one round >= min_round_s
-            iters *= 2
-        return max(2 * n**3 * iters / _time_matmuls(a, b, iters, device) / 1e9 for _ in range(rounds))
+        if quantize == "int8":
+            layer = quantize_modules_int8(nn.Sequential(nn.Linear(n, n, bias=False)))
+            product: Callable[[], object] = lambda: layer(a)  # noqa: E731
+        else:
+            b = torch.randn(n, n, device=device, dtype=dtype)
+            product = lambda: torch.matmul(a, b)  # noqa: E731
+        with torch.inference_mode():
+            iters = 1
+            while _time(product, iters, device) < min_round_s:  # calibrate: one round >= min_round_s
+                iters *= 2
+            return max(2 * n**3 * iters / _time(product, iters, device) / 1e9 for _ in range(rounds))
     finally:
         torch.set_num_threads(previous)
 
 
-def _time_matmuls(a: torch.Tensor, b: torch.Tensor, iters: int, device: torch.device) -> float:
-    """Seconds for ``iters`` back-to-back matmuls, synchronising once (a GPU would idle on every sync)."""
+def _time(product: Callable[[], object], iters: int, device: torch.device) -> float:
+    """Seconds for ``iters`` back-to-back products, synchronising once (a GPU would idle on every sync)."""
     _sync(device)
     t0 = time.perf_counter()
     for _ in range(iters):
-        torch.matmul(a, b)
+        product()
     _sync(device)
     return time.perf_counter() - t0
 

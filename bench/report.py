@@ -388,7 +388,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"# Benchmark {meta['label']}",
         "",
         f"- command: `{meta['command']}` (git {meta['git']}, started {meta['started']})",
-        f"- machine: {meta['cpu']}, {meta['cpu_count']} CPUs; device {meta['device']} ({meta['dtype']}), "
+        f"- machine: {meta['cpu']}, {meta['cpu_count']} CPUs; device {meta['device']} ({meta['dtype']}"
+        f"{', int8 dynamic quantisation' if meta.get('quantize') == 'int8' else ''}), "
         f"{meta['threads']} torch thread(s) for server, bare model and matmul peak; torch {meta['torch']}, "
         f"Python {meta['python']}",
         f"- load average before / after: {_loadavg(meta['loadavg_before'])} / {_loadavg(meta['loadavg_after'])} "
@@ -448,7 +449,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"Decoder FLOPs ({results['formulas']['decoder']}). Encoder ({results['formulas']['encoder']}).",
         "",
-        f"Peak: best of 5 rounds of a 1024x1024 {meta['dtype']} matmul on {meta['device']} with {meta['threads']} "
+        f"Peak: best of 5 rounds of a 1024x1024 "
+        f"{'int8 dynamic linear' if meta.get('quantize') == 'int8' else meta['dtype'] + ' matmul'} "
+        f"on {meta['device']} with {meta['threads']} "
         f"thread(s): **{eff['peak_gflops']:.1f} GFLOP/s**. MFU = FLOPs/token x tokens/s / peak at each mode's "
         "saturation (its level with the most tokens/s). Attention over padding and the EOS step are not counted.",
         "",

@@ -34,8 +34,14 @@ from typing import Any, Literal
 import httpx
 import torch
 
+try:
+    import uvloop
+except ImportError:  # uvloop has no Windows build
+    uvloop = None  # type: ignore[assignment]
+
 from bench import report
 from bench.bare import BareTiming, time_bare_model
+from bench.httpclient import HttpClient
 from bench.loadgen import EdgeHook, LoadRun, RequestRecord, Target, closed_loop, load_sentences, open_loop, shuffled
 from bench.mfu import (
     DECODER_FORMULA,
@@ -49,6 +55,7 @@ from bench.report import LevelStats, ModeResult
 from bench.server import ServerProcess
 from seq2seq.checkpoint import read_manifest
 from seq2seq.config import ModelConfig
+from seq2seq.quantize import QUANTIZATIONS
 from service.engine.runner import resolve_device, resolve_dtype
 from service.settings import Settings
 
@@ -107,6 +114,7 @@ class BenchConfig:
     ttft_duration: float
     threads: int  # resolved: never 0
     device: str
+    quantize: str  # "none" or "int8": server, bare model and matmul peak
     model: str  # name or name@version
     chat_model: str
     model_store: Path
@@ -154,6 +162,12 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     )
     add("--threads", type=int, default=0, help="torch threads of server, bare model and matmul peak (0: torch default)")
     add("--device", default="auto", choices=["auto", "cpu", "cuda"], help="server, bare model and matmul peak")
+    add(
+        "--quantize",
+        default="none",
+        choices=QUANTIZATIONS,
+        help="int8: the server's --quantize int8, the bare model quantised alike, MFU against the int8 linear peak",
+    )
     add("--model", default="translate-de-en", help="translation model, name or name@version")
     add("--chat-model", default="chat-en", help="chat model for the TTFT phase ('' to skip)")
     add("--model-store", type=Path, default=REPO / "model_store", help="default: the repository's model_store/")
@@ -183,6 +197,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         ttft_duration=pick["ttft_duration"],
         threads=a.threads or torch.get_num_threads(),
         device=a.device,
+        quantize=a.quantize,
         model=a.model,
         chat_model=a.chat_model,
         model_store=a.model_store.resolve(),
@@ -252,17 +267,20 @@ def _server_view(before: dict[str, float], after: dict[str, float]) -> dict[str,
 class ModeBench:
     """The phases of one mode against one running server; results accumulate in ``self.result``."""
 
-    def __init__(self, ctx: ModeContext, mode: str, server: ServerProcess, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, ctx: ModeContext, mode: str, server: ServerProcess, client: httpx.AsyncClient, load: HttpClient
+    ) -> None:
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.server = server
-        self.client = client
+        self.client = client  # control requests: /metrics, idle checks
+        self.load = load  # the measured requests
         self.result = ModeResult(mode, server.startup_s, server.rss_ready)
         self.options: dict[str, Any] = {"beam_size": self.cfg.beam_size}  # decoding options of every request
         if self.cfg.request_timeout is not None:
             self.options["timeout"] = self.cfg.request_timeout
         body = {"model": ctx.model_name, "source_lang": "de", "target_lang": "en", **self.options}
-        self.translate = Target(client, "/translate", "text", ctx.sentences, body, timeout_s=self.cfg.client_timeout_s)
+        self.translate = Target(load, "/translate", "text", ctx.sentences, body, timeout_s=self.cfg.client_timeout_s)
 
     async def run(self) -> ModeResult:
         await self.closed_phase()
@@ -306,7 +324,7 @@ class ModeBench:
             return
         chat_body = {"model": cfg.chat_model, **self.options}
         chat = Target(
-            self.client,
+            self.load,
             "/chat",
             "message",
             self.ctx.chat_sentences,
@@ -360,15 +378,13 @@ async def run_mode(ctx: ModeContext, mode: str) -> ModeResult:
     models = [cfg.model, *([cfg.chat_model] if ctx.chat_sentences else [])]
     args = [
         *("--model-store", str(cfg.model_store), "--models", ",".join(models), "--batching", mode),
-        *("--threads", str(cfg.threads), "--device", cfg.device, "--log-level", "warning", *cfg.server_args),
+        *("--threads", str(cfg.threads), "--device", cfg.device, "--quantize", cfg.quantize),
+        *("--log-level", "warning", *cfg.server_args),
     ]
     async with ServerProcess(args, cfg.out / "raw" / cfg.label / f"server-{mode}.log", REPO) as server:
         log.info("%s: ready in %.1f s, RSS %.0f MiB", mode, server.startup_s, server.rss_ready / 2**20)
-        # Idle connections expire on our side (2 s) before uvicorn closes them (5 s): otherwise a request can
-        # go out on a connection the server is just closing and fail with ReadError, an artefact of the client.
-        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256, keepalive_expiry=2.0)
-        async with httpx.AsyncClient(base_url=server.url, timeout=None, limits=limits) as client:
-            result = await ModeBench(ctx, mode, server, client).run()
+        async with httpx.AsyncClient(base_url=server.url, timeout=None) as client, HttpClient(server.url) as load:
+            result = await ModeBench(ctx, mode, server, client, load).run()
         result.rss_peak_bytes = server.rss_peak
     return result
 
@@ -463,8 +479,8 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     load_before = os.getloadavg()
     started = dt.datetime.now(dt.UTC)
 
-    log.info("matmul peak: %s %s, %d threads", device, dtype, cfg.threads)
-    peak = matmul_peak_gflops(device, dtype, cfg.threads)
+    log.info("matmul peak: %s %s (quantisation %s), %d threads", device, dtype, cfg.quantize, cfg.threads)
+    peak = matmul_peak_gflops(device, dtype, cfg.threads, quantize=cfg.quantize)
     log.info("matmul peak %.1f GFLOP/s; timing the bare model on %d sentences", peak, cfg.bare_sentences)
     bare = time_bare_model(
         manifest_dir,
@@ -473,10 +489,13 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         dtype=dtype,
         threads=cfg.threads,
         beam_size=cfg.beam_size,
+        quantize=cfg.quantize,
     )
     (cfg.out / "raw" / cfg.label).mkdir(parents=True, exist_ok=True)
     ctx = ModeContext(cfg, sentences, chat_sentences, manifest["name"])
-    modes = asyncio.run(_run_modes(ctx))
+    # uvloop (installed with uvicorn[standard]) makes the load generator's event loop cheaper.
+    with asyncio.Runner(loop_factory=getattr(uvloop, "new_event_loop", None)) as runner:
+        modes = runner.run(_run_modes(ctx))
 
     meta = {
         "label": cfg.label,
@@ -489,6 +508,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "python": platform.python_version(),
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
+        "quantize": cfg.quantize,
         "threads": cfg.threads,
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),

@@ -95,6 +95,11 @@ class Decoder(nn.Module):
             self.out_bias = nn.Parameter(torch.zeros(cfg.tgt_vocab_size))
         else:
             self.output = nn.Linear(h, cfg.tgt_vocab_size)
+        # Inference-only modules that :func:`seq2seq.quantize.quantize_int8` sets: each layer's
+        # single-step LSTM as one GEMM over [x; h], and the tied output projection as a Linear,
+        # so that both can carry int8 weights. Training never uses them.
+        self.step_cells: nn.ModuleList | None = None
+        self.vocab: nn.Module | None = None
 
     def init_state(self, memory: torch.Tensor, h: torch.Tensor, c: torch.Tensor, lengths: torch.Tensor) -> DecoderState:
         """Build the step-0 state from the encoder's outputs (memory (B, S, H), h, c (L_enc, B, H))."""
@@ -130,7 +135,9 @@ class Decoder(nn.Module):
         elif state.context is not None:
             out = torch.tanh(self.combine(torch.cat([out, ctx], dim=-1)))
         out = self.dropout(out)
-        if self.cfg.tie_embeddings:
+        if self.vocab is not None:
+            logits = self.vocab(self.pre_output(out))
+        elif self.cfg.tie_embeddings:
             logits = F.linear(self.pre_output(out), self.embedding.weight, self.out_bias)
         else:
             logits = self.output(out)
@@ -146,18 +153,28 @@ class Decoder(nn.Module):
         """
         hs, cs = [], []
         for layer in range(self.cfg.dec_layers):
-            h_l, c_l = torch.lstm_cell(
-                x,
-                (h[layer], c[layer]),
-                getattr(self.lstm, f"weight_ih_l{layer}"),
-                getattr(self.lstm, f"weight_hh_l{layer}"),
-                getattr(self.lstm, f"bias_ih_l{layer}"),
-                getattr(self.lstm, f"bias_hh_l{layer}"),
-            )
+            if self.step_cells is not None:
+                h_l, c_l = lstm_gates_to_state(self.step_cells[layer](torch.cat([x, h[layer]], 1)), c[layer])
+            else:
+                h_l, c_l = torch.lstm_cell(
+                    x,
+                    (h[layer], c[layer]),
+                    getattr(self.lstm, f"weight_ih_l{layer}"),
+                    getattr(self.lstm, f"weight_hh_l{layer}"),
+                    getattr(self.lstm, f"bias_ih_l{layer}"),
+                    getattr(self.lstm, f"bias_hh_l{layer}"),
+                )
             hs.append(h_l)
             cs.append(c_l)
             x = h_l  # inter-layer dropout is a training-time op only
         return x[:, None, :], torch.stack(hs), torch.stack(cs)  # (B, 1, H), (L, B, H), (L, B, H)
+
+
+def lstm_gates_to_state(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """gates (B, 4H) = W_ih x + b_ih + W_hh h + b_hh in PyTorch's (input, forget, cell, output) order -> h', c'."""
+    i, f, g, o = gates.chunk(4, 1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 def _fit_layers(x: torch.Tensor, layers: int) -> torch.Tensor:

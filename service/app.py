@@ -31,7 +31,7 @@ def engine_factory(settings: Settings, metrics: Metrics):
     """Turn a model directory into a warmed-up, started engine (runs in the loader thread)."""
 
     def build(entry: ModelEntry) -> Engine:
-        runner = ModelRunner.load(str(entry.path), settings.device, settings.dtype)
+        runner = ModelRunner.load(str(entry.path), settings.device, settings.dtype, settings.quantize)
         runner.warmup()
         engine = Engine(
             entry.name,

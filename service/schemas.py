@@ -150,6 +150,7 @@ class ModelInfo(BaseModel):
     description: str | None = None
     evaluation: dict[str, Any] | None = None
     device: str | None = None
+    quantization: Literal["none", "int8"] | None = None  # of the loaded weights; None while not loaded
 
 
 class ModelList(BaseModel):

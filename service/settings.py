@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto: float16 on CUDA, float32 on CPU"
     )
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="int8: int8 weights and dynamically quantised activations (CPU only)"
+    )
     batching: Literal["continuous", "static", "none"] = "continuous"
     threads: int = Field(0, ge=0, description="torch intra-op threads; 0: all cores but one")
 
@@ -71,6 +74,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_beam_size ({self.max_beam_size}) must not exceed max_batch_rows ({self.max_batch_rows})"
             )
+        if self.quantize == "int8" and (self.device == "cuda" or self.dtype not in ("auto", "float32")):
+            raise ValueError("quantize=int8 runs on the CPU with float32 activations (device cpu/auto, dtype auto/float32)")
         return self
 
     @field_validator("model_store")

@@ -25,6 +25,7 @@ from seq2seq.config import ModelConfig
 from seq2seq.decoding import DecodeParams
 from seq2seq.generation import GenerationRequest, generate
 from seq2seq.model import Seq2Seq
+from seq2seq.quantize import QUANTIZATIONS, quantize_int8
 from seq2seq.tokenizer import Tokenizer
 from training.data import Pair, encode_pairs, load_corpus
 from training.train import corpus_files, evaluate_loss
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--beam-size", type=int, default=5)
     p.add_argument("--length-penalty", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--quantize", choices=QUANTIZATIONS, default="none", help="evaluate the int8 model the service runs with it"
+    )
     p.add_argument("--out", type=Path, help="write the results as JSON here (default: <run-dir>/eval.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -130,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         corpus = load_corpus(
             args.corpus or "multi30k", src=args.src or m["source_lang"], tgt=args.tgt or m["target_lang"]
         )
+    if args.quantize == "int8":
+        model = quantize_int8(model)
     result = evaluate(model, src_tok, tgt_tok, corpus.test, args.beam_size, args.length_penalty)
     result["test_set"] = (
         corpus.provenance.get("splits", {}).get("test", "test")

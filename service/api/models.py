@@ -15,7 +15,7 @@ router = APIRouter(prefix="/models", tags=["models"])
 def model_info(entry: ModelEntry, registry: Registry) -> ModelInfo:
     m = entry.manifest
     defaults = [key for key, name in registry.defaults().items() if name == entry.name]
-    device = str(entry.engine.runner.device) if entry.engine is not None else None
+    runner = entry.engine.runner if entry.engine is not None else None
     return ModelInfo(
         name=entry.name,
         version=entry.version,
@@ -30,7 +30,8 @@ def model_info(entry: ModelEntry, registry: Registry) -> ModelInfo:
         default_for=defaults,
         description=m.get("description"),
         evaluation=m.get("evaluation"),
-        device=device,
+        device=str(runner.device) if runner is not None else None,
+        quantization=runner.quantization if runner is not None else None,
     )
 
 

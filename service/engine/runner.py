@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
 from seq2seq.checkpoint import LoadedModel, load_model_dir
 from seq2seq.decoding import DecodeParams
 from seq2seq.generation import GenerationBatch, GenerationRequest, StepEvent, generate
+from seq2seq.quantize import quantize_int8
 
 log = logging.getLogger("service.runner")
 
@@ -31,15 +33,21 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 class ModelRunner:
     """Tensor work for one model. Used only from its engine's worker thread."""
 
-    def __init__(self, loaded: LoadedModel, device: torch.device) -> None:
+    def __init__(self, loaded: LoadedModel, device: torch.device, quantization: str = "none") -> None:
         self.loaded = loaded
         self.device = device
+        self.quantization = quantization
         self.batch = GenerationBatch(loaded.model, device)
 
     @classmethod
-    def load(cls, path: str, device: str = "auto", dtype: str = "auto") -> ModelRunner:
+    def load(cls, path: str, device: str = "auto", dtype: str = "auto", quantize: str = "none") -> ModelRunner:
         dev = resolve_device(device)
-        return cls(load_model_dir(path, dev, resolve_dtype(dtype, dev)), dev)
+        loaded = load_model_dir(path, dev, resolve_dtype(dtype, dev))
+        if quantize == "int8":
+            if dev.type != "cpu":
+                raise RuntimeError(f"int8 quantisation runs on the CPU, not on {dev}")
+            loaded = replace(loaded, model=quantize_int8(loaded.model))
+        return cls(loaded, dev, quantize)
 
     def __len__(self) -> int:
         return len(self.batch)

@@ -56,7 +56,9 @@ def test_encoder_flops_match_the_weights() -> None:
     assert mfu.bridge_flops_per_sentence(cfg) == bridge
 
 
-def test_matmul_peak_is_positive_and_restores_threads() -> None:
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_matmul_peak_is_positive_and_restores_threads(quantize: str) -> None:
     threads = torch.get_num_threads()
-    assert mfu.matmul_peak_gflops(torch.device("cpu"), torch.float32, 1, n=64, rounds=2, min_round_s=0.01) > 0
+    cpu = torch.device("cpu")
+    assert mfu.matmul_peak_gflops(cpu, torch.float32, 1, n=64, rounds=2, min_round_s=0.01, quantize=quantize) > 0
     assert torch.get_num_threads() == threads

@@ -32,6 +32,9 @@ def test_env_and_flags(monkeypatch: pytest.MonkeyPatch, tiny_store: Path) -> Non
         ({"max_beam_size": 16, "max_batch_rows": 8}, "max_beam_size"),
         ({"model_store": "/nonexistent"}, "not a directory"),
         ({"unknown_setting": 1}, "unknown_setting"),
+        ({"quantize": "int4"}, "quantize"),
+        ({"quantize": "int8", "device": "cuda"}, "quantize=int8 runs on the CPU"),
+        ({"quantize": "int8", "dtype": "bfloat16"}, "quantize=int8 runs on the CPU"),
     ],
 )
 def test_bad_settings_fail_fast(tiny_store: Path, overrides: dict, fragment: str) -> None:
