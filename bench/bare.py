@@ -1,9 +1,16 @@
-"""The bare model, in-process, one sentence at a time: the floor the server's latency is compared with.
+"""The bare model, in-process: the references the server is compared with.
 
-No HTTP, no engine thread, no queue: :func:`seq2seq.generation.generate` on one request,
-with the decoding parameters the server would use (``max_length`` = 2 x source + 10,
-capped at the server's default ``max_output_tokens``). Only ``generate`` is timed;
-tokenisation happens before the clock starts.
+No HTTP, no engine thread, no queue: :func:`seq2seq.generation.generate`, with the
+decoding parameters the server would use (``max_length`` = 2 x source + 10, capped at
+the server's default ``max_output_tokens``). Only ``generate`` is timed; tokenisation
+happens before the clock starts.
+
+- :func:`time_bare_model`: one sentence at a time, the floor of the server's latency at
+  concurrency 1.
+- :func:`time_offline_batch`: every sentence handed over at once, admitted longest first
+  into a batch of ``max_rows`` rows: what batching alone can do for throughput on this
+  machine. Its ratio to one-at-a-time decoding bounds the continuous / none ratio any
+  server can reach here, whatever its HTTP and scheduling costs.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import torch
 from seq2seq.checkpoint import load_model_dir
 from seq2seq.decoding import DecodeParams
 from seq2seq.generation import GenerationRequest, generate
+from seq2seq.model import Seq2Seq
 from seq2seq.quantize import quantize_int8
 
 MAX_OUTPUT_TOKENS = 256  # the server's default --max-output-tokens
@@ -29,6 +37,36 @@ class BareTiming:
     seconds: float
     input_tokens: int
     output_tokens: int
+
+
+@dataclass(frozen=True)
+class OfflineBatch:
+    sentences: int
+    max_rows: int
+    seconds: float
+    output_tokens: int
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.sentences / self.seconds
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.output_tokens / self.seconds
+
+
+def _prepare(
+    model_dir: Path, sentences: Sequence[str], device: torch.device, dtype: torch.dtype, beam_size: int, quantize: str
+) -> tuple[Seq2Seq, list[GenerationRequest]]:
+    loaded = load_model_dir(model_dir, device, dtype)
+    model = quantize_int8(loaded.model) if quantize == "int8" else loaded.model
+    requests = []
+    for i, text in enumerate(sentences):
+        ids = loaded.source_tokenizer.encode(text)
+        if ids:
+            params = DecodeParams(max_length=min(2 * len(ids) + 10, MAX_OUTPUT_TOKENS), beam_size=beam_size)
+            requests.append(GenerationRequest(str(i), ids, params))
+    return model, requests
 
 
 def time_bare_model(
@@ -46,14 +84,7 @@ def time_bare_model(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        loaded = load_model_dir(model_dir, device, dtype)
-        model = quantize_int8(loaded.model) if quantize == "int8" else loaded.model
-        requests = []
-        for i, text in enumerate(sentences):
-            ids = loaded.source_tokenizer.encode(text)
-            if ids:
-                params = DecodeParams(max_length=min(2 * len(ids) + 10, MAX_OUTPUT_TOKENS), beam_size=beam_size)
-                requests.append(GenerationRequest(str(i), ids, params))
+        model, requests = _prepare(model_dir, sentences, device, dtype, beam_size, quantize)
         for request in requests[:warmup]:
             generate(model, [request], device=device)
         timings = []
@@ -63,5 +94,31 @@ def time_bare_model(
             elapsed = time.perf_counter() - t0
             timings.append(BareTiming(int(request.id), elapsed, len(request.src_ids), len(hyps[0].tokens)))
         return timings
+    finally:
+        torch.set_num_threads(previous)
+
+
+def time_offline_batch(
+    model_dir: Path,
+    sentences: Sequence[str],
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    threads: int,
+    max_rows: int,
+    beam_size: int = 1,
+    quantize: str = "none",
+) -> OfflineBatch:
+    """Decode all ``sentences`` in one ``generate`` call with up to ``max_rows`` rows (after a short warm-up)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model, requests = _prepare(model_dir, sentences, device, dtype, beam_size, quantize)
+        generate(model, requests[:max_rows], max_rows=max_rows, device=device)
+        t0 = time.perf_counter()
+        results = generate(model, requests, max_rows=max_rows, device=device)
+        seconds = time.perf_counter() - t0
+        tokens = sum(len(hyps[0].tokens) for hyps in results.values())
+        return OfflineBatch(len(requests), max_rows, seconds, tokens)
     finally:
         torch.set_num_threads(previous)

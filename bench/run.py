@@ -40,7 +40,7 @@ except ImportError:  # uvloop has no Windows build
     uvloop = None  # type: ignore[assignment]
 
 from bench import report
-from bench.bare import BareTiming, time_bare_model
+from bench.bare import BareTiming, OfflineBatch, time_bare_model, time_offline_batch
 from bench.httpclient import HttpClient
 from bench.loadgen import EdgeHook, LoadRun, RequestRecord, Target, closed_loop, load_sentences, open_loop, shuffled
 from bench.mfu import (
@@ -73,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
     "warmup": 2.0,
     "ttft_duration": 5.0,
     "bare_sentences": 100,
+    "offline_sentences": 500,
     "request_timeout": None,
 }
 QUICK: dict[str, Any] = {
@@ -82,6 +83,7 @@ QUICK: dict[str, Any] = {
     "warmup": 0.5,
     "ttft_duration": 2.0,
     "bare_sentences": 20,
+    "offline_sentences": 60,
     "request_timeout": 10.0,
 }
 TTFT_CONCURRENCY = (1, 8)
@@ -122,6 +124,7 @@ class BenchConfig:
     chat_inputs: Path
     beam_size: int
     bare_sentences: int
+    offline_sentences: int
     request_timeout: float | None
     server_args: list[str]
     label: str
@@ -175,6 +178,11 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     add("--chat-inputs", type=Path, default=DEFAULT_CHAT_INPUTS, help="chat messages, one per line (.gz ok)")
     add("--beam-size", type=int, default=1, help="beam size of every request (1: greedy)")
     add("--bare-sentences", type=int, help=f"sentences timed on the bare model (default {DEFAULTS['bare_sentences']})")
+    add(
+        "--offline-sentences",
+        type=int,
+        help=f"sentences of the offline batched reference (default {DEFAULTS['offline_sentences']})",
+    )
     add("--request-timeout", type=float, help="'timeout' sent with each request (default: the server's)")
     add("--server-args", default="", help="extra server flags, e.g. '--max-batch-rows 64'")
     add("--label", help="results folder name (default: date-time, '-quick' appended for --quick)")
@@ -205,6 +213,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         chat_inputs=a.chat_inputs,
         beam_size=a.beam_size,
         bare_sentences=pick["bare_sentences"],
+        offline_sentences=pick["offline_sentences"],
         request_timeout=pick["request_timeout"],
         server_args=shlex.split(a.server_args),
         label=label,
@@ -212,6 +221,16 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         seed=a.seed,
         argv=list(sys.argv[1:] if argv is None else argv),
     )
+
+
+def _server_flag(args: list[str], flag: str) -> str | None:
+    """The value of ``flag`` in the extra server arguments (``--flag value`` or ``--flag=value``)."""
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def model_dir(store: Path, spec: str) -> Path:
@@ -491,6 +510,18 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         beam_size=cfg.beam_size,
         quantize=cfg.quantize,
     )
+    max_rows = int(_server_flag(cfg.server_args, "--max-batch-rows") or Settings.model_fields["max_batch_rows"].default)
+    log.info("offline batched reference: %d sentences, %d rows", cfg.offline_sentences, max_rows)
+    offline = time_offline_batch(
+        manifest_dir,
+        sentences[: cfg.offline_sentences],
+        device=device,
+        dtype=dtype,
+        threads=cfg.threads,
+        max_rows=max_rows,
+        beam_size=cfg.beam_size,
+        quantize=cfg.quantize,
+    )
     (cfg.out / "raw" / cfg.label).mkdir(parents=True, exist_ok=True)
     ctx = ModeContext(cfg, sentences, chat_sentences, manifest["name"])
     # uvloop (installed with uvicorn[standard]) makes the load generator's event loop cheaper.
@@ -524,7 +555,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "server_args": cfg.server_args,
         "reference_rps": ctx.reference_rps,
     }
-    results = _results(cfg, meta, ModelConfig.from_dict(manifest["model"]), peak, bare, ctx.raw, modes)
+    results = _results(cfg, meta, ModelConfig.from_dict(manifest["model"]), peak, bare, offline, ctx.raw, modes)
     _write_outputs(cfg, results, ctx.raw)
     return results
 
@@ -535,6 +566,7 @@ def _results(
     model_cfg: ModelConfig,
     peak_gflops: float,
     bare: list[BareTiming],
+    offline: OfflineBatch,
     raw: RawRecords,
     modes: dict[str, ModeResult],
 ) -> dict[str, Any]:
@@ -556,6 +588,15 @@ def _results(
             "p95_ms": report.percentile(bare_ms, 95),
             "mean_ms": sum(bare_ms) / len(bare_ms) if bare_ms else None,
             "mean_output_tokens": sum(b.output_tokens for b in bare) / len(bare) if bare else None,
+        },
+        "offline_batch": {
+            "sentences": offline.sentences,
+            "max_rows": offline.max_rows,
+            "seconds": offline.seconds,
+            "requests_per_s": offline.requests_per_s,
+            "tokens_per_s": offline.tokens_per_s,
+            # one at a time, from the bare model's timings: the same work without batching
+            "one_at_a_time_requests_per_s": len(bare_ms) / sum(bare_ms) * 1000 if bare_ms else None,
         },
         "c1_vs_bare": c1,
         "comparisons": comparisons,

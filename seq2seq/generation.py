@@ -104,9 +104,7 @@ class GenerationBatch:
         if not requests:
             return
         width = max(len(r.src_ids) for r in requests)
-        src = torch.full((len(requests), width), PAD_ID, dtype=torch.long)
-        for i, r in enumerate(requests):
-            src[i, : len(r.src_ids)] = torch.as_tensor(list(r.src_ids), dtype=torch.long)
+        src = torch.tensor([[*r.src_ids, *[PAD_ID] * (width - len(r.src_ids))] for r in requests], dtype=torch.long)
         lengths = torch.tensor([len(r.src_ids) for r in requests])
         if self.device.type == "cuda":
             src = src.pin_memory()  # lets the copy below overlap with queued GPU work

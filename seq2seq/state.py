@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -64,10 +63,9 @@ class DecoderState:
         first = states[0]
         memory = keys = mask = None
         if first.memory is not None:
-            width = max(s.memory.size(1) for s in states)  # type: ignore[union-attr]
-            memory = torch.cat([_pad_time(s.memory, width) for s in states], 0)  # type: ignore[arg-type]
-            keys = torch.cat([_pad_time(s.keys, width) for s in states], 0)  # type: ignore[arg-type]
-            mask = torch.cat([_pad_time(s.src_mask, width) for s in states], 0)  # type: ignore[arg-type]
+            memory = _stack_padded([s.memory for s in states])  # type: ignore[misc]
+            keys = _stack_padded([s.keys for s in states])  # type: ignore[misc]
+            mask = _stack_padded([s.src_mask for s in states])  # type: ignore[misc]
         context = None
         if first.context is not None:
             context = torch.cat([s.context for s in states], 0)  # type: ignore[misc]
@@ -84,10 +82,16 @@ class DecoderState:
         return replace(self, h=h, c=c)
 
 
-def _pad_time(x: torch.Tensor, width: int) -> torch.Tensor:
-    """Right-pad dim 1 of ``x`` (B, S, ...) with zeros (False for masks) to ``width``."""
-    missing = width - x.size(1)
-    if missing == 0:
-        return x
-    pad = [0, 0] * (x.dim() - 2) + [0, missing]
-    return F.pad(x, pad)
+def _stack_padded(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate (B_i, S_i, ...) tensors along dim 0, right-padding dim 1 with zeros (False) to the widest.
+
+    One allocation and one copy per part: padding each part first and then concatenating
+    would copy the whole running batch twice whenever a wider source joins.
+    """
+    first = parts[0]
+    out = first.new_zeros((sum(p.size(0) for p in parts), max(p.size(1) for p in parts), *first.shape[2:]))
+    row = 0
+    for p in parts:
+        out[row : row + p.size(0), : p.size(1)].copy_(p)
+        row += p.size(0)
+    return out

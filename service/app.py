@@ -42,6 +42,7 @@ def engine_factory(settings: Settings, metrics: Metrics):
             max_tokens=settings.max_batch_tokens,
             max_queue=settings.max_queue,
             max_delay_s=settings.static_max_delay_ms / 1000,
+            admit_delay_s=settings.admit_delay_ms / 1000,
         )
         engine.start()
         return engine

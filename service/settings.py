@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(8192, ge=1, description="source tokens held by the running batch")
     max_queue: int = Field(256, ge=1, description="waiting requests per model before 429")
     static_max_delay_ms: float = Field(10.0, ge=0, description="static batching: wait this long to fill a batch")
+    admit_delay_ms: float = Field(
+        20.0, ge=0, description="continuous batching: while a batch runs, gather arrivals this long to encode together"
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="default deadline: queue + generation")
 
     # Input limits
@@ -75,7 +78,9 @@ class Settings(BaseSettings):
                 f"max_beam_size ({self.max_beam_size}) must not exceed max_batch_rows ({self.max_batch_rows})"
             )
         if self.quantize == "int8" and (self.device == "cuda" or self.dtype not in ("auto", "float32")):
-            raise ValueError("quantize=int8 runs on the CPU with float32 activations (device cpu/auto, dtype auto/float32)")
+            raise ValueError(
+                "quantize=int8 runs on the CPU with float32 activations (device cpu/auto, dtype auto/float32)"
+            )
         return self
 
     @field_validator("model_store")

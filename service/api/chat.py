@@ -68,7 +68,7 @@ async def chat(body: ChatRequest, request: Request, registry: RegistryDep, setti
     entry = registry.resolve("chat", body.model, None, body.language)
     request.state.model = entry.name
     prepared = prepare(entry, registry, [source_text(body, entry.manifest)], ["message"], body, settings)
-    streams = submit(prepared)
+    streams = submit(prepared, tokens=body.stream)
     tokenizer = prepared.engine.runner.loaded.target_tokenizer
     if not body.stream:
         (hyps,) = await wait_all(prepared, streams, request)

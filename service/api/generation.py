@@ -104,8 +104,9 @@ def prepare(
     return Prepared(entry, engine, requests, options.timeout or settings.request_timeout_s)
 
 
-def submit(prepared: Prepared) -> list[RequestStream]:
-    streams = [RequestStream(r.id) for r in prepared.requests]
+def submit(prepared: Prepared, tokens: bool = False) -> list[RequestStream]:
+    """Hand the requests to their engine; ``tokens``: the streams also get every token as it is decoded."""
+    streams = [RequestStream(r.id, tokens=tokens) for r in prepared.requests]
     prepared.engine.submit(prepared.requests, streams, prepared.timeout_s)
     return streams
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from seq2seq.generation import GenerationRequest, StepEvent
 from service.engine.runner import ModelRunner
 from service.engine.scheduler import Policy, QueueFull, Scheduler, WorkItem
-from service.engine.streams import ErrorEvent, FinalEvent, RequestStream, TokenEvent
+from service.engine.streams import ErrorEvent, Event, FinalEvent, RequestStream, TokenEvent, publish
 from service.errors import DeadlineExceeded, EngineUnavailable, InternalError, Overloaded, ServiceError
 from service.metrics import Metrics
 
@@ -46,11 +46,12 @@ class Engine:
         max_tokens: int = 8192,
         max_queue: int = 256,
         max_delay_s: float = 0.01,
+        admit_delay_s: float = 0.0,
     ) -> None:
         self.name = name
         self.runner = runner
         self.metrics = metrics
-        self.scheduler = Scheduler(policy, max_rows, max_tokens, max_queue, max_delay_s)
+        self.scheduler = Scheduler(policy, max_rows, max_tokens, max_queue, max_delay_s, admit_delay_s)
         self._cv = threading.Condition()
         self._running: dict[str, WorkItem] = {}
         self._aborts: set[str] = set()
@@ -213,6 +214,7 @@ class Engine:
 
     def _dispatch(self, events: list[StepEvent], now: float) -> None:
         tokens = 0
+        out: list[tuple[RequestStream, Event]] = []
         for event in events:
             item = self._running.get(event.request_id)
             if item is None:
@@ -223,7 +225,7 @@ class Engine:
                 if not job.first_token_seen:
                     job.first_token_seen = True
                     self.metrics.ttft.labels(self.name).observe(now - job.submitted)
-                job.stream.put(TokenEvent(event.token))
+                out.append((job.stream, TokenEvent(event.token)))
             if event.finished is not None:
                 del self._running[event.request_id]
                 if job.request.params.beam_size > 1:
@@ -231,7 +233,8 @@ class Engine:
                 if not job.first_token_seen:
                     self.metrics.ttft.labels(self.name).observe(now - job.submitted)
                 self._avg_service_s = 0.9 * self._avg_service_s + 0.1 * (now - job.submitted)
-                self._finish(item, FinalEvent(event.finished))
+                out.append((job.stream, FinalEvent(event.finished)))
+        publish(out)
         self.metrics.generated_tokens.labels(self.name).inc(tokens)
         if not self._running:
             with self._cv:

@@ -54,7 +54,7 @@ def test_tiny_real_run_writes_every_output(tiny_store: Path, tmp_path: Path) -> 
     args += ["--warmup", "0.2", "--ttft-duration", "0.4", "--bare-sentences", "3", "--threads", "1"]
     args += ["--model-store", str(tiny_store), "--inputs", str(inputs), "--chat-inputs", str(chat)]
     args += ["--out", str(tmp_path / "results"), "--label", "tiny", "--server-args", "--max-batch-rows 16"]
-    args += ["--quantize", "int8"]  # server, bare model and peak all take the int8 path
+    args += ["--quantize", "int8", "--offline-sentences", "3"]  # server, bare model and peak all take the int8 path
     results = run.run(run.parse_args(args))
 
     out = tmp_path / "results" / "tiny"
@@ -71,8 +71,11 @@ def test_tiny_real_run_writes_every_output(tiny_store: Path, tmp_path: Path) -> 
     assert "continuous" in saved["c1_vs_bare"]
     assert results["meta"]["reference_rps"] > 0
     assert results["meta"]["quantize"] == "int8"
+    offline = saved["offline_batch"]
+    assert offline["sentences"] == 3 and offline["max_rows"] == 16 and offline["requests_per_s"] > 0
     report_md = (out / "report.md").read_text()
     assert "## Targets" in report_md and "int8 dynamic quantisation" in report_md and "int8 dynamic linear" in report_md
+    assert "## Batching ceiling" in report_md
     assert (out / "latency_vs_throughput.png").stat().st_size > 0
     raw = (tmp_path / "results" / "raw" / "tiny" / "requests.jsonl").read_text().splitlines()
     assert {json.loads(line)["phase"] for line in raw} == {"closed", "open", "ttft"}

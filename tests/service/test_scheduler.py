@@ -25,6 +25,20 @@ def test_continuous_admits_within_row_and_token_budgets_every_step() -> None:
     assert ids(s.schedule(1, 30, 0).admit) == []  # d would pass the token budget; FIFO keeps e behind it
 
 
+def test_continuous_groups_arrivals_while_a_batch_runs() -> None:
+    s = Scheduler("continuous", max_rows=8, max_tokens=1000, max_queue=10, admit_delay_s=0.02)
+    s.add([item("a", t=1.0)])
+    assert ids(s.schedule(0, 0, 1.0).admit) == ["a"]  # idle engine: no delay at all
+    s.add([item("b", t=1.001)])
+    assert ids(s.schedule(1, 10, 1.01).admit) == []  # a batch runs: wait for company
+    s.add([item("c", t=1.015)])
+    assert ids(s.schedule(1, 10, 1.021).admit) == ["b", "c"]  # the oldest waited 20 ms: encode both together
+    s.add([item(x, t=2.0) for x in "defghij"])
+    assert ids(s.schedule(1, 10, 2.0).admit) == list("defghij")  # they fill the free rows: waiting gains nothing
+    s.add([item("k", t=3.0)])
+    assert ids(s.schedule(0, 0, 3.001).admit) == ["k"]  # the batch finished: admit at once
+
+
 def test_an_empty_batch_always_takes_one_request() -> None:
     s = Scheduler("continuous", max_rows=2, max_tokens=10, max_queue=10)
     s.add([item("big", rows=2, tokens=50)])
