@@ -46,7 +46,9 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, ge=1, description="waiting requests per model before 429")
     static_max_delay_ms: float = Field(10.0, ge=0, description="static batching: wait this long to fill a batch")
     admit_delay_ms: float = Field(
-        20.0, ge=0, description="continuous batching: while a batch runs, gather arrivals this long to encode together"
+        200.0,
+        ge=0,
+        description="continuous batching: while a batch runs, gather arrivals at most this long to encode together",
     )
     request_timeout_s: float = Field(30.0, gt=0, description="default deadline: queue + generation")
 

@@ -26,17 +26,20 @@ def test_continuous_admits_within_row_and_token_budgets_every_step() -> None:
 
 
 def test_continuous_groups_arrivals_while_a_batch_runs() -> None:
-    s = Scheduler("continuous", max_rows=8, max_tokens=1000, max_queue=10, admit_delay_s=0.02)
+    s = Scheduler("continuous", max_rows=16, max_tokens=1000, max_queue=20, admit_delay_s=0.05)
     s.add([item("a", t=1.0)])
     assert ids(s.schedule(0, 0, 1.0).admit) == ["a"]  # idle engine: no delay at all
     s.add([item("b", t=1.001)])
-    assert ids(s.schedule(1, 10, 1.01).admit) == []  # a batch runs: wait for company
-    s.add([item("c", t=1.015)])
-    assert ids(s.schedule(1, 10, 1.021).admit) == ["b", "c"]  # the oldest waited 20 ms: encode both together
-    s.add([item(x, t=2.0) for x in "defghij"])
-    assert ids(s.schedule(1, 10, 2.0).admit) == list("defghij")  # they fill the free rows: waiting gains nothing
-    s.add([item("k", t=3.0)])
-    assert ids(s.schedule(0, 0, 3.001).admit) == ["k"]  # the batch finished: admit at once
+    assert ids(s.schedule(12, 120, 1.01).admit) == []  # 1 waiting vs 13 in flight: wait for company
+    s.add([item(x, t=1.02) for x in "cde"])
+    assert ids(s.schedule(12, 120, 1.02).admit) == ["b", "c", "d", "e"]  # 4 of 16 in flight: a group, encode it
+    s.add([item("f", t=2.0)])
+    assert ids(s.schedule(12, 120, 2.049).admit) == []
+    assert ids(s.schedule(12, 120, 2.051).admit) == ["f"]  # the oldest waited admit_delay: no longer
+    s.add([item("g", t=3.0)])
+    assert ids(s.schedule(1, 10, 3.0).admit) == ["g"]  # 1 of 2 in flight is already a quarter
+    s.add([item("k", t=4.0)])
+    assert ids(s.schedule(0, 0, 4.001).admit) == ["k"]  # the batch finished: admit at once
 
 
 def test_an_empty_batch_always_takes_one_request() -> None:
