@@ -145,6 +145,29 @@ class GenerationBatch:
             self.active = kept
         return removed
 
+    def _fill_holes(self, rows: list[int], tokens: list[int], seqs: list[_Sequence]) -> None:
+        """Drop finished rows by moving the last live rows into their places (``rows`` ascending).
+
+        Selecting the survivors would copy every row's encoder memory at almost every step of
+        a large batch (a few requests finish each step); moving only the rows behind the
+        holes copies a few rows. The moved requests change position, and ``active`` with them.
+        """
+        n = len(rows)
+        alive = set(rows)
+        holes = [p for p in range(n) if p not in alive]  # finished rows inside the kept prefix
+        movers = [r for r in rows if r >= n]  # live rows behind it, as many as there are holes
+        order = list(range(n))
+        for hole, mover in zip(holes, movers, strict=True):
+            order[hole] = mover
+        position = {row: i for i, row in enumerate(rows)}
+        self.active = [seqs[position[row]] for row in order]
+        assert self.state is not None
+        if holes:
+            self.state = self.state.move_rows(holes, movers, n)
+        elif n < len(self.state):
+            self.state = self.state.move_rows([], [], n)
+        self.last_tokens = torch.tensor([tokens[position[row]] for row in order], dtype=torch.long, device=self.device)
+
     def _reindex(self, rows: list[int], tokens: list[int]) -> None:
         if not rows:
             self.state = None
@@ -161,6 +184,7 @@ class GenerationBatch:
         """One decoder step for every row; returns new tokens and finished requests."""
         if self.state is None:
             return []
+        single_rows = len(self.active) == len(self)  # every request has one row (no beam search)
         # 1. one decoder step for all rows
         logprobs, state = self.model.decode_step(self.last_tokens, self.state)  # (B, V)
         self.state = state
@@ -192,8 +216,11 @@ class GenerationBatch:
             else:
                 events.append(StepEvent(seq.request.id, finished=self._best(seq)))
             offset += seq.rows
-        self.active = still_active
-        self._reindex(keep_rows, next_tokens)
+        if single_rows and keep_rows:  # no beams: rows only leave, none is reordered or repeated
+            self._fill_holes(keep_rows, next_tokens, still_active)
+        else:
+            self.active = still_active
+            self._reindex(keep_rows, next_tokens)
         return events
 
     def _choose_single(self, logprobs: torch.Tensor, row_seqs: list[_Sequence]) -> list[tuple[int, float]]:

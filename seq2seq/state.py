@@ -53,6 +53,39 @@ class DecoderState:
             context=None if self.context is None else self.context.index_select(0, index),
         )
 
+    def move_rows(self, dst: list[int], src: list[int], rows: int) -> DecoderState:
+        """Rows ``src`` copied onto rows ``dst``, then the first ``rows`` rows kept.
+
+        Unlike :meth:`select`, the per-source tensors (memory, keys, mask, context) are
+        updated **in place** and the result views them: only the moved rows are copied.
+        The receiver must not be used afterwards (the engine replaces its state with the result).
+        """
+        index = torch.arange(rows)
+        if dst:
+            index[dst] = torch.tensor(src)
+        index = index.to(self.h.device)
+        moves = (torch.tensor(dst, device=self.h.device), torch.tensor(src, device=self.h.device)) if dst else None
+
+        def moved(x: torch.Tensor | None) -> torch.Tensor | None:
+            if x is None:
+                return None
+            if moves is not None:
+                x.index_copy_(0, moves[0], x.index_select(0, moves[1]))
+            return x[:rows]
+
+        memory, keys, mask = moved(self.memory), moved(self.keys), moved(self.src_mask)
+        if mask is not None:
+            width = int(mask.sum(1).max().item())
+            memory, keys, mask = memory[:, :width], keys[:, :width], mask[:, :width]  # type: ignore[index]
+        return DecoderState(
+            h=self.h.index_select(1, index),
+            c=self.c.index_select(1, index),
+            memory=memory,
+            keys=keys,
+            src_mask=mask,
+            context=moved(self.context),
+        )
+
     @staticmethod
     def concat(states: list[DecoderState]) -> DecoderState:
         """All rows of ``states`` in order; memory and masks are padded once to the widest source."""

@@ -105,3 +105,16 @@ def test_decoding_through_concat_and_select_matches_separate_states(model: Seq2S
         ref_b, _ = model.decode_step(tokens[[0, 2]], b1.select(torch.tensor([2, 1])))
         ref_a, _ = model.decode_step(tokens[1:2], a1.select(torch.tensor([0])))
     torch.testing.assert_close(lp_kept, torch.stack([ref_b[0], ref_a[0], ref_b[1]]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+def test_move_rows_equals_selecting_the_same_rows(arch: str) -> None:
+    model = random_model(CONFIGS[arch])
+    state = encode(model, [3, 9, 2, 5, 4, 6])
+    # Rows 1 and 3 finished; rows 4 and 5 move into their places; row 9-long (1) leaves: width trims to 6.
+    expected = state.select(torch.tensor([0, 4, 2, 5]))
+    moved = state.move_rows([1, 3], [4, 5], 4)
+    assert_same(moved, expected)
+    # Only the last rows finished: nothing moves, the state is cut short.
+    state = encode(model, [3, 9, 2])
+    assert_same(state.move_rows([], [], 2), state.select(torch.tensor([0, 1])))
