@@ -4,9 +4,10 @@ Plain Python, no tensors: the engine asks :meth:`Scheduler.schedule` once per lo
 the size of the running batch and gets back the requests to encode now.
 
 - ``continuous``: admit at any step while the row and token budgets allow; a new
-  request never waits for the running batch to finish. While a batch runs, arrivals
-  are gathered into a group of at least a quarter of the rows in flight (running +
-  waiting), for at most ``admit_delay_s``, and then encoded together: encoding is a
+  request never waits for the running batch to finish. While a batch runs, admission
+  waits until the group it can take (waiting rows that fit in the free rows) is at least
+  a quarter of the rows in flight, for at most ``admit_delay_s``, and then encodes the
+  group together: encoding is a
   sequential LSTM pass whose cost hardly grows with the batch (about 5 ms for one
   sentence and 13 ms for eight on a 2-core CPU), and each join copies the running
   state, so admitting every arrival on its own spent half of a busy engine's time on
@@ -92,8 +93,8 @@ class Scheduler:
             return Decision([])
         if self.policy == "continuous":
             if running_rows and now - self.waiting[0].enqueued < self.admit_delay_s:
-                waiting_rows = sum(item.rows for item in self.waiting)
-                if waiting_rows * ADMIT_GROUP_FRACTION < running_rows + waiting_rows:
+                group = min(sum(item.rows for item in self.waiting), self.max_rows - running_rows)
+                if group * ADMIT_GROUP_FRACTION < running_rows + group:
                     return Decision([])  # keep decoding; encode a larger group a little later
             return Decision(self._fill(running_rows, running_tokens))
         if running_rows:  # static and none run a batch to completion before the next
