@@ -38,9 +38,10 @@ def test_continuous_groups_arrivals_while_a_batch_runs() -> None:
     assert ids(s.schedule(12, 120, 2.051).admit) == ["f"]  # the oldest waited admit_delay: no longer
     s.add([item("g", t=3.0)])
     assert ids(s.schedule(1, 10, 3.0).admit) == ["g"]  # 1 of 2 in flight is already a quarter
-    s.add([item(x, t=3.5) for x in "xyz"])
-    assert ids(s.schedule(15, 150, 3.5).admit) == []  # a long queue, but only 1 free row: wait for more to free up
-    assert ids(s.schedule(12, 120, 3.5).admit) == ["x", "y", "z"]  # 3 (+1 free) rows free: a group again
+    s.add([item(x, t=3.5) for x in "vwxyz"])
+    assert ids(s.schedule(15, 150, 3.5).admit) == []  # a long queue, but 1 free row: wait for more to free up
+    assert ids(s.schedule(12, 120, 3.5).admit) == list("vwxy")  # 4 rows free, a quarter of 16: a group
+    assert ids(s.schedule(15, 150, 3.7).admit) == ["z"]  # z waited admit_delay
     s.add([item("k", t=4.0)])
     assert ids(s.schedule(0, 0, 4.001).admit) == ["k"]  # the batch finished: admit at once
 
