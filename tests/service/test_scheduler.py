@@ -30,20 +30,22 @@ def test_continuous_groups_arrivals_while_a_batch_runs() -> None:
     s.add([item("a", t=1.0)])
     assert ids(s.schedule(0, 0, 1.0).admit) == ["a"]  # idle engine: no delay at all
     s.add([item("b", t=1.001)])
-    assert ids(s.schedule(12, 120, 1.01).admit) == []  # 1 waiting vs 13 in flight: wait for company
+    assert ids(s.schedule(12, 120, 1.01).admit) == []  # 1 waiting vs 13 in flight, 10 ms after the last join
     s.add([item(x, t=1.02) for x in "cde"])
     assert ids(s.schedule(12, 120, 1.02).admit) == ["b", "c", "d", "e"]  # 4 of 16 in flight: a group, encode it
-    s.add([item("f", t=2.0)])
-    assert ids(s.schedule(12, 120, 2.049).admit) == []
-    assert ids(s.schedule(12, 120, 2.051).admit) == ["f"]  # the oldest waited admit_delay: no longer
+    s.add([item("f", t=1.03)])
+    assert ids(s.schedule(12, 120, 1.06).admit) == []
+    assert ids(s.schedule(12, 120, 1.071).admit) == ["f"]  # admit_delay since the last join: no longer
     s.add([item("g", t=3.0)])
-    assert ids(s.schedule(1, 10, 3.0).admit) == ["g"]  # 1 of 2 in flight is already a quarter
-    s.add([item(x, t=3.5) for x in "vwxyz"])
-    assert ids(s.schedule(15, 150, 3.5).admit) == []  # a long queue, but 1 free row: wait for more to free up
-    assert ids(s.schedule(12, 120, 3.5).admit) == list("vwxy")  # 4 rows free, a quarter of 16: a group
-    assert ids(s.schedule(15, 150, 3.7).admit) == ["z"]  # z waited admit_delay
+    assert ids(s.schedule(12, 120, 3.0).admit) == ["g"]  # the last join was long ago: at once
+    s.add([item(x, t=3.01) for x in "vwxyz"])
+    assert ids(s.schedule(15, 150, 3.02).admit) == []  # a long queue, but 1 free row: wait for more to free up
+    assert ids(s.schedule(12, 120, 3.03).admit) == list("vwxy")  # 4 rows free, a quarter of 16: a group
+    # Overload: z has waited long, but the last join was 10 ms ago and only one row is free.
+    assert ids(s.schedule(15, 150, 3.04).admit) == []
+    assert ids(s.schedule(15, 150, 3.081).admit) == ["z"]
     s.add([item("k", t=4.0)])
-    assert ids(s.schedule(0, 0, 4.001).admit) == ["k"]  # the batch finished: admit at once
+    assert ids(s.schedule(0, 0, 4.0).admit) == ["k"]  # the batch finished: admit at once
 
 
 def test_an_empty_batch_always_takes_one_request() -> None:
