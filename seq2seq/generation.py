@@ -162,10 +162,8 @@ class GenerationBatch:
         position = {row: i for i, row in enumerate(rows)}
         self.active = [seqs[position[row]] for row in order]
         assert self.state is not None
-        if holes:
+        if n < len(self.state):  # some row finished (a hole, or at the end)
             self.state = self.state.move_rows(holes, movers, n)
-        elif n < len(self.state):
-            self.state = self.state.move_rows([], [], n)
         self.last_tokens = torch.tensor([tokens[position[row]] for row in order], dtype=torch.long, device=self.device)
 
     def _reindex(self, rows: list[int], tokens: list[int]) -> None:

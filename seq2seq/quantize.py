@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import TypeVar
+from typing import Literal, TypeVar, get_args
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,8 @@ from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_q
 
 from seq2seq.model import Seq2Seq
 
-QUANTIZATIONS = ("none", "int8")
+Quantization = Literal["none", "int8"]
+QUANTIZATIONS: tuple[Quantization, ...] = get_args(Quantization)
 M = TypeVar("M", bound=nn.Module)
 
 

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from seq2seq.quantize import Quantization
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -150,7 +152,7 @@ class ModelInfo(BaseModel):
     description: str | None = None
     evaluation: dict[str, Any] | None = None
     device: str | None = None
-    quantization: Literal["none", "int8"] | None = None  # of the loaded weights; None while not loaded
+    quantization: Quantization | None = None  # of the loaded weights; None while not loaded
 
 
 class ModelList(BaseModel):

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from seq2seq.quantize import Quantization
+
 DEFAULT_MODEL_STORE = Path(__file__).resolve().parents[1] / "model_store"
 
 
@@ -34,7 +36,7 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto: float16 on CUDA, float32 on CPU"
     )
-    quantize: Literal["none", "int8"] = Field(
+    quantize: Quantization = Field(
         "none", description="int8: int8 weights and dynamically quantised activations (CPU only)"
     )
     batching: Literal["continuous", "static", "none"] = "continuous"

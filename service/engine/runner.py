@@ -11,7 +11,7 @@ import torch
 from seq2seq.checkpoint import LoadedModel, load_model_dir
 from seq2seq.decoding import DecodeParams
 from seq2seq.generation import GenerationBatch, GenerationRequest, StepEvent, generate
-from seq2seq.quantize import quantize_int8
+from seq2seq.quantize import Quantization, quantize_int8
 
 log = logging.getLogger("service.runner")
 
@@ -33,14 +33,14 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 class ModelRunner:
     """Tensor work for one model. Used only from its engine's worker thread."""
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, quantization: str = "none") -> None:
+    def __init__(self, loaded: LoadedModel, device: torch.device, quantization: Quantization = "none") -> None:
         self.loaded = loaded
         self.device = device
         self.quantization = quantization
         self.batch = GenerationBatch(loaded.model, device)
 
     @classmethod
-    def load(cls, path: str, device: str = "auto", dtype: str = "auto", quantize: str = "none") -> ModelRunner:
+    def load(cls, path: str, device: str = "auto", dtype: str = "auto", quantize: Quantization = "none") -> ModelRunner:
         dev = resolve_device(device)
         loaded = load_model_dir(path, dev, resolve_dtype(dtype, dev))
         if quantize == "int8":

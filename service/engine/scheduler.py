@@ -7,14 +7,14 @@ the size of the running batch and gets back the requests to encode now.
   request never waits for the running batch to finish. While a batch runs, admission
   waits until the group it can take (waiting rows that fit in the free rows) is at least
   a quarter of the rows in flight, or until ``admit_delay_s`` has passed since the last
-  admission, and then encodes the group together (timing from the last admission, not
-  from the oldest arrival: under overload every queued request is old, which would
-  admit a handful of rows at every step): encoding is a
-  sequential LSTM pass whose cost hardly grows with the batch (about 5 ms for one
-  sentence and 13 ms for eight on a 2-core CPU), and each join copies the running
-  state, so admitting every arrival on its own spent half of a busy engine's time on
-  admission. An idle engine admits at once, so a lone request pays no delay (vLLM's
-  ``scheduler_delay_factor`` groups prompt prefills for the same reason).
+  admission, and then encodes the group together. Encoding is a sequential LSTM pass
+  whose cost hardly grows with the batch (about 5 ms for one sentence and 13 ms for
+  eight on a 2-core CPU) and each join copies the running state, so admitting every
+  arrival on its own spent half of a busy engine's time on admission. The delay counts
+  from the last admission, not from the oldest arrival: under overload every queued
+  request is old, and would be admitted a few rows at every step. An idle engine admits
+  at once, so a lone request pays no delay (vLLM's ``scheduler_delay_factor`` groups
+  prompt prefills for the same reason).
 - ``static``: only when the batch is empty, collect up to ``max_rows`` rows or wait at
   most ``max_delay_s`` after the oldest arrival, then run that batch to completion
   (the dynamic batching of TorchServe / Triton).
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Policy = Literal["continuous", "static", "none"]
-ADMIT_GROUP_FRACTION = 4  # continuous: a group to encode is >= 1/4 of the rows in flight (or waited admit_delay_s)
+ADMIT_GROUP_FRACTION = 4  # continuous: a group to encode is >= 1/4 of the rows in flight (or admit_delay_s passed)
 
 
 class QueueFull(Exception):
