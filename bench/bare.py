@@ -26,7 +26,7 @@ from seq2seq.checkpoint import load_model_dir
 from seq2seq.decoding import DecodeParams
 from seq2seq.generation import GenerationRequest, generate
 from seq2seq.model import Seq2Seq
-from seq2seq.quantize import quantize_int8
+from seq2seq.optimize import Quantization, optimize_for_inference
 
 MAX_OUTPUT_TOKENS = 256  # the server's default --max-output-tokens
 
@@ -56,10 +56,15 @@ class OfflineBatch:
 
 
 def _prepare(
-    model_dir: Path, sentences: Sequence[str], device: torch.device, dtype: torch.dtype, beam_size: int, quantize: str
+    model_dir: Path,
+    sentences: Sequence[str],
+    device: torch.device,
+    dtype: torch.dtype,
+    beam_size: int,
+    quantize: Quantization,
 ) -> tuple[Seq2Seq, list[GenerationRequest]]:
     loaded = load_model_dir(model_dir, device, dtype)
-    model = quantize_int8(loaded.model) if quantize == "int8" else loaded.model
+    model = optimize_for_inference(loaded.model, quantize)
     requests = []
     for i, text in enumerate(sentences):
         ids = loaded.source_tokenizer.encode(text)
@@ -78,7 +83,7 @@ def time_bare_model(
     threads: int,
     beam_size: int = 1,
     warmup: int = 3,
-    quantize: str = "none",
+    quantize: Quantization = "none",
 ) -> list[BareTiming]:
     """Decode each sentence alone (after ``warmup`` untimed ones) with ``threads`` intra-op threads."""
     previous = torch.get_num_threads()
@@ -107,7 +112,7 @@ def time_offline_batch(
     threads: int,
     max_rows: int,
     beam_size: int = 1,
-    quantize: str = "none",
+    quantize: Quantization = "none",
 ) -> OfflineBatch:
     """Decode all ``sentences`` in one ``generate`` call with up to ``max_rows`` rows (after a short warm-up)."""
     previous = torch.get_num_threads()

@@ -18,16 +18,16 @@ import torch
 import torch.nn as nn
 
 from seq2seq.config import ModelConfig
-from seq2seq.quantize import quantize_modules_int8
+from seq2seq.optimize import quantize_modules_int8
 
 DECODER_FORMULA = (
     "per generated token: LSTM sum_l 2*4*H*(in_l + H) (in_1 = E, + H for context-every-step; in_l = H above) "
-    "+ attention 2*2*S*H (scores + context, S = mean source tokens) + combine 2*2H*H "
+    "+ attention 2*H*H + 2*2*S*H (query, scores + context, S = mean source tokens) + combine 2*2H*H "
     "+ pre-output 2*H*E + vocabulary projection 2*E*V (tied; untied: 2*H*V); embedding lookups free"
 )
 ENCODER_FORMULA = (
-    "per source token: LSTM sum_l dirs*2*4*Hd*(in_l + Hd) (Hd = H/dirs, in_1 = E, in_l = H) "
-    "+ attention keys 2*H*H; per sentence: bridge 2*2*H*H*L_dec"
+    "per source token: LSTM sum_l dirs*2*4*Hd*(in_l + Hd) (Hd = H/dirs, in_1 = E, in_l = H); "
+    "per sentence: bridge 2*2*H*H*L_dec"
 )
 
 
@@ -38,7 +38,7 @@ def decoder_flops(cfg: ModelConfig, src_len: float) -> dict[str, float]:
     lstm_in = e + (h if cfg.architecture == "context-every-step" else 0)
     parts["lstm"] = sum(2 * 4 * h * ((lstm_in if layer == 0 else h) + h) for layer in range(cfg.dec_layers))
     if cfg.architecture == "attention":
-        parts["attention"] = 2 * 2 * src_len * h
+        parts["attention"] = 2 * h * h + 2 * 2 * src_len * h  # query h W_a, then scores and context
     if cfg.architecture != "context-init":
         parts["combine"] = 2 * (2 * h) * h
     if cfg.tie_embeddings:
@@ -50,12 +50,12 @@ def decoder_flops(cfg: ModelConfig, src_len: float) -> dict[str, float]:
 
 
 def encoder_flops_per_source_token(cfg: ModelConfig) -> float:
-    """Encoder LSTM (both directions) and the attention keys, per source token."""
+    """Encoder LSTM (both directions), per source token."""
     dirs = 2 if cfg.bidirectional else 1
     hd = cfg.enc_hidden_per_direction
-    lstm = sum(dirs * 2 * 4 * hd * ((cfg.emb_dim if layer == 0 else hd * dirs) + hd) for layer in range(cfg.enc_layers))
-    keys = 2 * cfg.hidden_dim * cfg.hidden_dim if cfg.architecture == "attention" else 0
-    return float(lstm + keys)
+    return float(
+        sum(dirs * 2 * 4 * hd * ((cfg.emb_dim if layer == 0 else hd * dirs) + hd) for layer in range(cfg.enc_layers))
+    )
 
 
 def bridge_flops_per_sentence(cfg: ModelConfig) -> float:

@@ -55,7 +55,7 @@ from bench.report import LevelStats, ModeResult
 from bench.server import ServerProcess
 from seq2seq.checkpoint import read_manifest
 from seq2seq.config import ModelConfig
-from seq2seq.quantize import QUANTIZATIONS
+from seq2seq.optimize import QUANTIZATIONS
 from service.engine.runner import resolve_device, resolve_dtype
 from service.settings import Settings
 

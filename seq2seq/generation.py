@@ -8,7 +8,7 @@ request (beams are ordinary rows of the same batch). Each :meth:`GenerationBatch
 2. picks tokens per request with the pure functions of :mod:`seq2seq.decoding`,
 3. retires finished requests and reorders beams with a single ``state.select``.
 
-:meth:`add` encodes new requests as one batch and concatenates them into the running
+:meth:`add` encodes new requests as one batch and appends them to the running
 state, so a new request never waits for the others to finish. Static batching (fill, then
 run to completion) and one-at-a-time decoding are the same object used differently.
 """
@@ -99,6 +99,7 @@ class GenerationBatch:
         return [s.request.id for s in self.active]
 
     # -- joining ---------------------------------------------------------------------------
+    @torch.inference_mode()  # like step(): the state's storage is written in place by both
     def add(self, requests: Sequence[GenerationRequest]) -> None:
         """Encode ``requests`` as one batch and append their rows (``beam_size`` each)."""
         if not requests:
@@ -113,7 +114,7 @@ class GenerationBatch:
         if any(n > 1 for n in rows):
             tile = torch.repeat_interleave(torch.arange(len(requests)), torch.tensor(rows))
             state = state.select(tile)
-        self.state = state if self.state is None else DecoderState.concat([self.state, state])
+        self.state = state if self.state is None else self.state.append(state)
         bos = torch.full((sum(rows),), BOS_ID, dtype=torch.long, device=self.device)
         self.last_tokens = torch.cat([self.last_tokens, bos])
         for r in requests:
@@ -127,6 +128,7 @@ class GenerationBatch:
             self.active.append(_Sequence(r, [[] for _ in range(k)], scores, generator))
 
     # -- leaving ---------------------------------------------------------------------------
+    @torch.inference_mode()
     def remove(self, request_ids: set[str]) -> list[str]:
         """Drop the rows of these requests (cancelled, timed out); returns the ids that were here."""
         keep_rows: list[int] = []

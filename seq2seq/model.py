@@ -87,7 +87,7 @@ class Decoder(nn.Module):
         self.bridge_h = nn.Linear(h, h)
         self.bridge_c = nn.Linear(h, h)
         if arch == "attention":
-            self.attn_proj = nn.Linear(h, h, bias=False)  # W_a in score(h_t, m_s) = h_t W_a m_s
+            self.attn_proj = nn.Linear(h, h, bias=False)  # W_a in score(h_t, m_s) = h_t W_a m_s (see _attention_query)
         if arch != "context-init":
             self.combine = nn.Linear(2 * h, h)  # tanh(W_c [h_t; context_t])
         if cfg.tie_embeddings:
@@ -95,10 +95,11 @@ class Decoder(nn.Module):
             self.out_bias = nn.Parameter(torch.zeros(cfg.tgt_vocab_size))
         else:
             self.output = nn.Linear(h, cfg.tgt_vocab_size)
-        # Inference-only modules that :func:`seq2seq.quantize.quantize_int8` sets: each layer's
-        # single-step LSTM as one GEMM over [x; h], and the tied output projection as a Linear,
-        # so that both can carry int8 weights. Training never uses them.
+        # Inference-only modules, set by :func:`seq2seq.optimize.optimize_for_inference`: each
+        # layer's single-step LSTM as one GEMM over [x; h] (always), and the attention query
+        # and tied output projections as Linear layers (for int8 weights). Training never uses them.
         self.step_cells: nn.ModuleList | None = None
+        self.attn_query: nn.Module | None = None
         self.vocab: nn.Module | None = None
 
     def init_state(self, memory: torch.Tensor, h: torch.Tensor, c: torch.Tensor, lengths: torch.Tensor) -> DecoderState:
@@ -110,7 +111,7 @@ class Decoder(nn.Module):
         arch = self.cfg.architecture
         if arch == "attention":
             mask = torch.arange(memory.size(1), device=memory.device)[None, :] < lengths.to(memory.device)[:, None]
-            return DecoderState(h0, c0, memory=memory, keys=self.attn_proj(memory), src_mask=mask)
+            return DecoderState(h0, c0, memory=memory, src_mask=mask)
         if arch == "context-every-step":
             return DecoderState(h0, c0, context=h[-1])  # (B, H): the top layer's final state
         return DecoderState(h0, c0)
@@ -125,9 +126,9 @@ class Decoder(nn.Module):
             out, h, c = self._lstm_step(x[:, 0], state.h, state.c)
         else:
             out, (h, c) = self.lstm(x, (state.h, state.c))  # out: (B, T, H)
-        if state.keys is not None:
-            assert state.memory is not None and state.src_mask is not None
-            scores = torch.bmm(out, state.keys.transpose(1, 2))  # (B, T, S)
+        if state.memory is not None:
+            assert state.src_mask is not None
+            scores = torch.bmm(self._attention_query(out), state.memory.transpose(1, 2))  # (B, T, S)
             scores = scores.masked_fill(~state.src_mask[:, None, :], float("-inf"))
             weights = torch.softmax(scores, dim=-1)
             context = torch.bmm(weights, state.memory)  # (B, T, H)
@@ -142,6 +143,17 @@ class Decoder(nn.Module):
         else:
             logits = self.output(out)
         return logits, state.with_lstm(h, c)  # logits: (B, T, V)
+
+    def _attention_query(self, out: torch.Tensor) -> torch.Tensor:
+        """h_t W_a, so that score(h_t, m_s) = (h_t W_a) . m_s.
+
+        Projecting the query once per step instead of every memory row once per request
+        (the keys W_a m_s) costs the same arithmetic, and leaves the encoder memory the only
+        per-source tensor a running batch holds, reads and copies.
+        """
+        if self.attn_query is not None:
+            return self.attn_query(out)
+        return out @ self.attn_proj.weight
 
     def _lstm_step(
         self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor

@@ -1,12 +1,19 @@
 """Decoder state: the per-row tensors that carry a batch from one decoder step to the next.
 
 One row per hypothesis (a request, or one beam of a request). Continuous batching and
-beam search only ever need three operations on it, all of which return new objects:
+beam search only ever need these operations on it:
 
-- ``select(index)``: keep / reorder / repeat rows (drop finished requests, reorder beams
+- ``select(index)``: keep / reorder / repeat rows (drop cancelled requests, reorder beams
   by back-pointer, tile a request into ``beam_size`` rows);
-- ``concat(states)``: merge freshly encoded requests into the running batch;
+- ``move_rows(dst, src, rows)``: drop finished rows by moving the last rows into their places;
+- ``append(other)``: merge freshly encoded requests into the running batch;
 - ``len(state)``: the number of rows.
+
+The per-source tensors (encoder memory, source mask, context) are the largest part of the
+state, and in a busy engine requests join and leave at almost every step. ``move_rows``
+and ``append`` therefore work in place on storage with spare rows and source positions,
+like a preallocated KV cache, and copy only the rows that move or join; their receiver
+must not be used afterwards (the engine replaces its state with the result).
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ class DecoderState:
     h: torch.Tensor  # (L, B, H) LSTM hidden state
     c: torch.Tensor  # (L, B, H) LSTM cell state
     memory: torch.Tensor | None = None  # (B, S, H) encoder outputs (attention only)
-    keys: torch.Tensor | None = None  # (B, S, H) memory projected for scoring (attention only)
     src_mask: torch.Tensor | None = None  # (B, S) True on real source tokens (attention only)
     context: torch.Tensor | None = None  # (B, H) fixed context vector (context-every-step only)
 
@@ -35,20 +41,18 @@ class DecoderState:
     def select(self, index: torch.Tensor) -> DecoderState:
         """Rows ``index`` (B',) of this state, with memory trimmed to their longest source."""
         index = index.to(self.h.device)
-        memory = keys = mask = None
+        memory = mask = None
         if self.memory is not None:
-            assert self.keys is not None and self.src_mask is not None
+            assert self.src_mask is not None
             mask = self.src_mask.index_select(0, index)  # (B', S)
             width = int(mask.sum(1).max().item()) if len(index) else 0
             # Trim before gathering, so the results are contiguous and the copies no larger than needed.
             mask = mask[:, :width].contiguous()
             memory = self.memory[:, :width].index_select(0, index)
-            keys = self.keys[:, :width].index_select(0, index)
         return DecoderState(
             h=self.h.index_select(1, index),
             c=self.c.index_select(1, index),
             memory=memory,
-            keys=keys,
             src_mask=mask,
             context=None if self.context is None else self.context.index_select(0, index),
         )
@@ -56,9 +60,8 @@ class DecoderState:
     def move_rows(self, dst: list[int], src: list[int], rows: int) -> DecoderState:
         """Rows ``src`` copied onto rows ``dst``, then the first ``rows`` rows kept.
 
-        Unlike :meth:`select`, the per-source tensors (memory, keys, mask, context) are
-        updated **in place** and the result views them: only the moved rows are copied.
-        The receiver must not be used afterwards (the engine replaces its state with the result).
+        Unlike :meth:`select`, the per-source tensors are updated **in place** and the
+        result views them: only the moved rows are copied.
         """
         index = torch.arange(rows)
         if dst:
@@ -73,58 +76,70 @@ class DecoderState:
                 x.index_copy_(0, moves[0], x.index_select(0, moves[1]))
             return x[:rows]
 
-        memory, keys, mask = moved(self.memory), moved(self.keys), moved(self.src_mask)
-        if mask is not None:
+        memory, mask = moved(self.memory), moved(self.src_mask)
+        if memory is not None and mask is not None:
             width = int(mask.sum(1).max().item())
-            memory, keys, mask = memory[:, :width], keys[:, :width], mask[:, :width]  # type: ignore[index]
+            memory, mask = memory[:, :width], mask[:, :width]
         return DecoderState(
             h=self.h.index_select(1, index),
             c=self.c.index_select(1, index),
             memory=memory,
-            keys=keys,
             src_mask=mask,
             context=moved(self.context),
         )
 
-    @staticmethod
-    def concat(states: list[DecoderState]) -> DecoderState:
-        """All rows of ``states`` in order; memory and masks are padded once to the widest source."""
-        if not states:
-            raise ValueError("concat needs at least one state")
-        if len(states) == 1:
-            return states[0]
-        first = states[0]
-        memory = keys = mask = None
-        if first.memory is not None:
-            memory = _stack_padded([s.memory for s in states])  # type: ignore[misc]
-            keys = _stack_padded([s.keys for s in states])  # type: ignore[misc]
-            mask = _stack_padded([s.src_mask for s in states])  # type: ignore[misc]
-        context = None
-        if first.context is not None:
-            context = torch.cat([s.context for s in states], 0)  # type: ignore[misc]
+    def append(self, other: DecoderState) -> DecoderState:
+        """This state's rows, then ``other``'s; memory and mask are right-padded with zeros
+        (False) to the wider source.
+
+        ``other``'s rows are written into this state's spare storage when it has room, so
+        the running rows are not copied; otherwise into new storage with room to grow.
+        """
         return DecoderState(
-            h=torch.cat([s.h for s in states], 1),
-            c=torch.cat([s.c for s in states], 1),
-            memory=memory,
-            keys=keys,
-            src_mask=mask,
-            context=context,
+            h=torch.cat([self.h, other.h], 1),
+            c=torch.cat([self.c, other.c], 1),
+            memory=_append_rows(self.memory, other.memory, padded=True),
+            src_mask=_append_rows(self.src_mask, other.src_mask, padded=True),
+            context=_append_rows(self.context, other.context, padded=False),
         )
 
     def with_lstm(self, h: torch.Tensor, c: torch.Tensor) -> DecoderState:
         return replace(self, h=h, c=c)
 
 
-def _stack_padded(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate (B_i, S_i, ...) tensors along dim 0, right-padding dim 1 with zeros (False) to the widest.
+def _append_rows(running: torch.Tensor | None, new: torch.Tensor | None, padded: bool) -> torch.Tensor | None:
+    """``running`` (B, ...) then ``new`` (B', ...) along dim 0. With ``padded``, dim 1 is a
+    source axis: both are zero-padded to the wider one.
 
-    One allocation and one copy per part: padding each part first and then concatenating
-    would copy the whole running batch twice whenever a wider source joins.
+    The result views storage with room to grow: ``running``'s own when the result fits
+    into it, else new storage with twice the rows (and 1.5 times the width) needed now.
     """
-    first = parts[0]
-    out = first.new_zeros((sum(p.size(0) for p in parts), max(p.size(1) for p in parts), *first.shape[2:]))
-    row = 0
-    for p in parts:
-        out[row : row + p.size(0), : p.size(1)].copy_(p)
-        row += p.size(0)
-    return out
+    if running is None or new is None:
+        return None
+    rows, total = running.size(0), running.size(0) + new.size(0)
+    width = max(running.size(1), new.size(1)) if padded else running.size(1)
+    storage = _whole_storage(running, padded)
+    if storage is None or storage.size(0) < total or storage.size(1) < width:
+        spare_width = width + width // 2 if padded else width
+        storage = running.new_zeros((max(total, 2 * rows), spare_width, *running.shape[2:]))
+        storage[:rows, : running.size(1)].copy_(running)
+    storage[:rows, running.size(1) : width].zero_()  # a wider source joined: clear what older rows left there
+    storage[rows:total, : new.size(1)].copy_(new)
+    storage[rows:total, new.size(1) : width].zero_()
+    return storage[:total, :width]
+
+
+def _whole_storage(x: torch.Tensor, padded: bool) -> torch.Tensor | None:
+    """All of ``x``'s storage, as rows (and source positions) with ``x``'s strides, when ``x``
+    is a leading block of it: the first rows (and positions) of a contiguous tensor."""
+    if x.numel() == 0 or x.storage_offset() != 0 or x.stride(0) == 0:
+        return None
+    inner = x[0, 0] if padded else x[0]
+    if not inner.is_contiguous():
+        return None
+    per_position = inner.numel() if padded else 1
+    if padded and x.stride(1) != per_position:
+        return None
+    positions = x.stride(0) // per_position  # the storage's width (the row length, when not padded)
+    rows = x.untyped_storage().nbytes() // (x.element_size() * x.stride(0))
+    return x.as_strided((rows, positions, *x.shape[2:]), x.stride())

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from seq2seq.quantize import Quantization
+from seq2seq.optimize import Quantization
 
 
 class _Request(BaseModel):

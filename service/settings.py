@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from seq2seq.quantize import Quantization
+from seq2seq.optimize import Quantization
 
 DEFAULT_MODEL_STORE = Path(__file__).resolve().parents[1] / "model_store"
 

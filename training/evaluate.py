@@ -25,7 +25,7 @@ from seq2seq.config import ModelConfig
 from seq2seq.decoding import DecodeParams
 from seq2seq.generation import GenerationRequest, generate
 from seq2seq.model import Seq2Seq
-from seq2seq.quantize import QUANTIZATIONS, quantize_int8
+from seq2seq.optimize import QUANTIZATIONS, optimize_for_inference
 from seq2seq.tokenizer import Tokenizer
 from training.data import Pair, encode_pairs, load_corpus
 from training.train import corpus_files, evaluate_loss
@@ -134,8 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         corpus = load_corpus(
             args.corpus or "multi30k", src=args.src or m["source_lang"], tgt=args.tgt or m["target_lang"]
         )
-    if args.quantize == "int8":
-        model = quantize_int8(model)
+    model = optimize_for_inference(model, args.quantize)  # the form the service runs
     result = evaluate(model, src_tok, tgt_tok, corpus.test, args.beam_size, args.length_penalty)
     result["test_set"] = (
         corpus.provenance.get("splits", {}).get("test", "test")

@@ -11,7 +11,7 @@ import torch
 from seq2seq.checkpoint import LoadedModel, load_model_dir
 from seq2seq.decoding import DecodeParams
 from seq2seq.generation import GenerationBatch, GenerationRequest, StepEvent, generate
-from seq2seq.quantize import Quantization, quantize_int8
+from seq2seq.optimize import Quantization, optimize_for_inference
 
 log = logging.getLogger("service.runner")
 
@@ -43,10 +43,9 @@ class ModelRunner:
     def load(cls, path: str, device: str = "auto", dtype: str = "auto", quantize: Quantization = "none") -> ModelRunner:
         dev = resolve_device(device)
         loaded = load_model_dir(path, dev, resolve_dtype(dtype, dev))
-        if quantize == "int8":
-            if dev.type != "cpu":
-                raise RuntimeError(f"int8 quantisation runs on the CPU, not on {dev}")
-            loaded = replace(loaded, model=quantize_int8(loaded.model))
+        if quantize == "int8" and dev.type != "cpu":
+            raise RuntimeError(f"int8 quantisation runs on the CPU, not on {dev}")
+        loaded = replace(loaded, model=optimize_for_inference(loaded.model, quantize))
         return cls(loaded, dev, quantize)
 
     def __len__(self) -> int:

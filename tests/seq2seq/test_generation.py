@@ -317,7 +317,7 @@ def test_requests_joining_a_running_batch_get_their_solo_results(model: Seq2Seq)
     )
     later = make_requests(
         model.cfg,
-        [9, 1, 6],  # a longer source than any running one: memory widens on concat
+        [9, 1, 6],  # a longer source than any running one: memory widens on append
         [PARAMS[0], DecodeParams(max_length=7, beam_size=3, n_best=3), PARAMS[7]],
         seed=1,
         prefix="b",
@@ -340,6 +340,26 @@ def test_requests_joining_a_running_batch_get_their_solo_results(model: Seq2Seq)
     everything = first + later + last
     assert set(results) == {r.id for r in everything}
     for r in everything:
+        assert_same_hypotheses(results[r.id], alone(model, r))
+
+
+def test_requests_joining_after_rows_finished_get_their_solo_results(model: Seq2Seq) -> None:
+    """Finished rows leave in place (``move_rows``); the next requests join into the freed storage."""
+    params = [DecodeParams(max_length=n) for n in (1, 6, 2, 5)]  # rows 0 and 2 finish first
+    running = make_requests(model.cfg, [4, 8, 3, 5], params, prefix="a")
+    # Two rows, no longer than the longest running source: they fit into the storage the running rows hold.
+    joining = make_requests(model.cfg, [2, 7], [DecodeParams(max_length=4), PARAMS[0]], seed=1, prefix="b")
+    batch = GenerationBatch(model)
+    results: dict[str, list[Hypothesis]] = {}
+    batch.add(running)
+    for _ in range(2):
+        for e in batch.step():
+            if e.finished is not None:
+                results[e.request_id] = e.finished
+    assert set(results) == {"a0", "a2"} and len(batch) == 2
+    batch.add(joining)
+    run_to_end(batch, results)
+    for r in running + joining:
         assert_same_hypotheses(results[r.id], alone(model, r))
 
 

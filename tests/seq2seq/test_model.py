@@ -48,14 +48,14 @@ def test_shapes(model: Seq2Seq) -> None:
         assert state.h.shape == state.c.shape == (layers, b, h)
         assert len(state) == b
         if cfg.architecture == "attention":
-            assert state.memory is not None and state.keys is not None and state.src_mask is not None
-            assert state.memory.shape == state.keys.shape == (b, s, h)
+            assert state.memory is not None and state.src_mask is not None
+            assert state.memory.shape == (b, s, h)
             assert state.src_mask.dtype == torch.bool
             expected = torch.tensor([[t < n for t in range(s)] for n in LENGTHS])
             assert torch.equal(state.src_mask, expected)
             assert state.context is None
         else:
-            assert state.memory is None and state.keys is None and state.src_mask is None
+            assert state.memory is None and state.src_mask is None
             if cfg.architecture == "context-every-step":
                 assert state.context is not None and state.context.shape == (b, h)
             else:
