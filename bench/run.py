@@ -260,6 +260,10 @@ class ModeContext:
     model_name: str
     raw: RawRecords = field(default_factory=list)
     reference_rps: float | None = None  # the first mode's max closed-loop req/s (for relative rates)
+    # Times the bare model again; each mode's concurrency-1 level is compared with a timing taken
+    # right before it, because a shared VM's speed drifts by 10-20 % over a run.
+    time_bare: Callable[[], list[BareTiming]] | None = None
+    bare_by_mode: dict[str, list[BareTiming]] = field(default_factory=dict)
 
 
 def _server_view(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -310,6 +314,8 @@ class ModeBench:
     async def closed_phase(self) -> None:
         cfg = self.cfg
         for c in cfg.concurrency:
+            if c == 1 and self.ctx.time_bare is not None:  # the server idles meanwhile
+                self.ctx.bare_by_mode[self.result.mode] = await asyncio.to_thread(self.ctx.time_bare)
             await self.measure(
                 "closed", c, lambda edge, c=c: closed_loop(self.translate, c, cfg.warmup, cfg.duration, edge)
             )
@@ -501,15 +507,19 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     log.info("matmul peak: %s %s (quantisation %s), %d threads", device, dtype, cfg.quantize, cfg.threads)
     peak = matmul_peak_gflops(device, dtype, cfg.threads, quantize=cfg.quantize)
     log.info("matmul peak %.1f GFLOP/s; timing the bare model on %d sentences", peak, cfg.bare_sentences)
-    bare = time_bare_model(
-        manifest_dir,
-        sentences[: cfg.bare_sentences],
-        device=device,
-        dtype=dtype,
-        threads=cfg.threads,
-        beam_size=cfg.beam_size,
-        quantize=cfg.quantize,
-    )
+
+    def time_bare() -> list[BareTiming]:
+        return time_bare_model(
+            manifest_dir,
+            sentences[: cfg.bare_sentences],
+            device=device,
+            dtype=dtype,
+            threads=cfg.threads,
+            beam_size=cfg.beam_size,
+            quantize=cfg.quantize,
+        )
+
+    bare = time_bare()
     max_rows = int(_server_flag(cfg.server_args, "--max-batch-rows") or Settings.model_fields["max_batch_rows"].default)
     log.info("offline batched reference: %d sentences, %d rows", cfg.offline_sentences, max_rows)
     offline = time_offline_batch(
@@ -523,7 +533,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         quantize=cfg.quantize,
     )
     (cfg.out / "raw" / cfg.label).mkdir(parents=True, exist_ok=True)
-    ctx = ModeContext(cfg, sentences, chat_sentences, manifest["name"])
+    ctx = ModeContext(cfg, sentences, chat_sentences, manifest["name"], time_bare=time_bare)
     # uvloop (installed with uvicorn[standard]) makes the load generator's event loop cheaper.
     with asyncio.Runner(loop_factory=getattr(uvloop, "new_event_loop", None)) as runner:
         modes = runner.run(_run_modes(ctx))
@@ -555,7 +565,9 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "server_args": cfg.server_args,
         "reference_rps": ctx.reference_rps,
     }
-    results = _results(cfg, meta, ModelConfig.from_dict(manifest["model"]), peak, bare, offline, ctx.raw, modes)
+    results = _results(
+        cfg, meta, ModelConfig.from_dict(manifest["model"]), peak, bare, offline, ctx.raw, modes, ctx.bare_by_mode
+    )
     _write_outputs(cfg, results, ctx.raw)
     return results
 
@@ -569,10 +581,15 @@ def _results(
     offline: OfflineBatch,
     raw: RawRecords,
     modes: dict[str, ModeResult],
+    bare_by_mode: dict[str, list[BareTiming]],
 ) -> dict[str, Any]:
-    """Derived numbers (MFU, concurrency 1 vs bare, target comparisons) next to the measurements."""
+    """Derived numbers (MFU, concurrency 1 vs bare, target comparisons) next to the measurements.
+
+    ``bare`` was timed at the start of the run; ``bare_by_mode`` right before each mode's
+    concurrency-1 level, which that level is compared with (``bare`` where a mode has none).
+    """
     eff = efficiency(modes, model_cfg, peak_gflops)
-    c1 = {mode: v for mode in modes if (v := c1_vs_bare(raw, mode, bare)) is not None}
+    c1 = {m: v for m in modes if (v := c1_vs_bare(raw, m, bare_by_mode.get(m, bare))) is not None}
     cont_c1 = c1.get("continuous")
     top = float(max(cfg.concurrency)) if cfg.concurrency else 0.0
     mfu = {m: v["mfu"] for m, v in eff["modes"].items()}

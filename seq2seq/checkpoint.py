@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -131,6 +132,24 @@ def save_model_dir(
     }
     (out_dir / MANIFEST).write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n")
     return out_dir
+
+
+def store_versions(store: Path) -> dict[str, list[str]]:
+    """Model name -> its versions in ``store`` (``<name>/<version>/manifest.json``), oldest first.
+
+    Versions sort numerically where they are numbers (2 < 10, 1.2 < 1.10); models without a
+    version and hidden directories are left out.
+    """
+    out = {}
+    for model_dir in sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        versions = sorted((v.name for v in model_dir.iterdir() if (v / MANIFEST).exists()), key=_version_key)
+        if versions:
+            out[model_dir.name] = versions
+    return out
+
+
+def _version_key(version: str) -> tuple[Any, ...]:
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-_]", version))
 
 
 def read_manifest(model_dir: Path) -> dict[str, Any]:

@@ -8,14 +8,13 @@ so tests can exercise the registry without loading a network.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from seq2seq.checkpoint import CheckpointError, read_manifest
+from seq2seq.checkpoint import CheckpointError, read_manifest, store_versions
 from service.engine.engine import Engine
 from service.errors import EngineUnavailable, ModelNotFound
 
@@ -49,23 +48,15 @@ class ModelEntry:
         return float((evaluation.get("beam") or {}).get("bleu", 0.0))
 
 
-def _version_key(version: str) -> tuple[Any, ...]:
-    """Numeric-aware ordering: 2 < 10, 1.2 < 1.10."""
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-_]", version))
-
-
 def scan_store(store: Path, wanted: list[str]) -> list[ModelEntry]:
     """One entry per model to serve: the latest version unless ``name@version`` pins one."""
     pins = dict(w.split("@", 1) if "@" in w else (w, None) for w in wanted)
     entries = []
-    for model_dir in sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if pins and model_dir.name not in pins:
+    for name, versions in store_versions(store).items():
+        if pins and name not in pins:
             continue
-        versions = sorted((v.name for v in model_dir.iterdir() if (v / "manifest.json").exists()), key=_version_key)
-        if not versions:
-            continue
-        version = pins.get(model_dir.name) or versions[-1]
-        entry = ModelEntry(model_dir.name, version, versions, model_dir / version)
+        version = pins.get(name) or versions[-1]
+        entry = ModelEntry(name, version, versions, store / name / version)
         if version not in versions:
             entry.status, entry.error = "failed", f"version {version} not found (have {', '.join(versions)})"
         else:

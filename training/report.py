@@ -9,8 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from seq2seq.checkpoint import read_manifest
-from service.registry import scan_store
+from seq2seq.checkpoint import read_manifest, store_versions
 from training.export import MODEL_STORE
 
 
@@ -25,11 +24,12 @@ def table(store: Path) -> str:
         "BLEU beam 5 (cased / lc) | test ppl | epochs | training time | hardware |",
         "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
-    for entry in scan_store(store, []):
-        m = read_manifest(entry.path)
+    for name, versions in store_versions(store).items():
+        path = store / name / versions[-1]
+        m = read_manifest(path)
         evaluation = m.get("evaluation") or {}
         training = m.get("training") or {}
-        size = sum(f.stat().st_size for f in entry.path.iterdir() if f.is_file()) / 2**20
+        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 2**20
         minutes = training.get("training_time_s", 0) / 60
         rows.append(
             f"| `{m['name']}` v{m['version']} | {m['task']} {m['source_lang']}→{m['target_lang']} "

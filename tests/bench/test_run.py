@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench import run
+from bench import bare, run
+from bench.bare import BareTiming
 from bench.run import Rate
 from tests.tiny_models import make_tiny_store
 
@@ -43,7 +46,7 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_store(tmp_path_factory.mktemp("store") / "model_store")
 
 
-def test_tiny_real_run_writes_every_output(tiny_store: Path, tmp_path: Path) -> None:
+def test_tiny_real_run_writes_every_output(tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     inputs = tmp_path / "de.gz"
     inputs.write_bytes(
         gzip.compress("Ein Mann spielt im Park.\nZwei Hunde.\nEin Kind läuft auf der Straße.\n".encode())
@@ -55,6 +58,17 @@ def test_tiny_real_run_writes_every_output(tiny_store: Path, tmp_path: Path) -> 
     args += ["--model-store", str(tiny_store), "--inputs", str(inputs), "--chat-inputs", str(chat)]
     args += ["--out", str(tmp_path / "results"), "--label", "tiny", "--server-args", "--max-batch-rows 16"]
     args += ["--quantize", "int8", "--offline-sentences", "3"]  # server, bare model and peak all take the int8 path
+    bare_runs: list[list[BareTiming]] = []
+
+    def time_bare_model(*args: Any, **kwargs: Any) -> list[BareTiming]:
+        """The real timing; the second one (before the c=1 level) marked by +10 s, to see which one is compared."""
+        timings = bare.time_bare_model(*args, **kwargs)
+        if bare_runs:
+            timings = [dataclasses.replace(t, seconds=t.seconds + 10) for t in timings]
+        bare_runs.append(timings)
+        return timings
+
+    monkeypatch.setattr(run, "time_bare_model", time_bare_model)
     results = run.run(run.parse_args(args))
 
     out = tmp_path / "results" / "tiny"
@@ -68,7 +82,10 @@ def test_tiny_real_run_writes_every_output(tiny_store: Path, tmp_path: Path) -> 
         assert any(lvl["phase"] == "ttft" and lvl["ttft_p50_ms"] for lvl in mode["levels"])
     assert saved["efficiency"]["peak_gflops"] > 0
     assert saved["efficiency"]["modes"]["continuous"]["mfu"] > 0
-    assert "continuous" in saved["c1_vs_bare"]
+    # The bare model is timed at the start and again right before the c=1 level, which is compared with the latter.
+    assert len(bare_runs) == 2
+    assert saved["c1_vs_bare"]["continuous"]["bare_p50_ms"] > 10_000
+    assert saved["bare_model"]["p50_ms"] < 10_000
     assert results["meta"]["reference_rps"] > 0
     assert results["meta"]["quantize"] == "int8"
     offline = saved["offline_batch"]

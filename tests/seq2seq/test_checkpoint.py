@@ -12,7 +12,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from seq2seq.checkpoint import MANIFEST, WEIGHTS, CheckpointError, load_model_dir, save_model_dir, sha256_file
+from seq2seq.checkpoint import (
+    MANIFEST,
+    WEIGHTS,
+    CheckpointError,
+    load_model_dir,
+    save_model_dir,
+    sha256_file,
+    store_versions,
+)
 from seq2seq.config import BOS_ID, ModelConfig
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import Tokenizer
@@ -228,3 +236,21 @@ def test_config_with_another_architecture_than_the_weights(saved: Path) -> None:
         CheckpointError, match=r"weights do not match the config \(missing: none; unexpected: .*attn_proj"
     ):
         load_model_dir(saved)
+
+
+def test_store_versions_sort_numerically_and_skip_what_is_not_a_model(tmp_path: Path) -> None:
+    for model, version in [
+        ("m", "10"),
+        ("m", "2"),
+        ("m", "1.10"),
+        ("m", "1.2"),
+        ("m", "rc"),
+        ("n", "1"),
+        (".tmp", "1"),
+    ]:
+        (tmp_path / model / version).mkdir(parents=True)
+        (tmp_path / model / version / "manifest.json").write_text("{}")
+    (tmp_path / "m" / "3").mkdir()  # no manifest: an export in progress, not a version
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "README").write_text("not a model")
+    assert store_versions(tmp_path) == {"m": ["1.2", "1.10", "2", "10", "rc"], "n": ["1"]}
