@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import threading
@@ -50,6 +51,18 @@ def engine_factory(settings: Settings, metrics: Metrics):
     return build
 
 
+def freeze_startup_heap() -> None:
+    """Move every object alive after start-up out of the garbage collector's reach.
+
+    torch, FastAPI and the loaded models leave ~200k long-lived objects. Under load each full
+    collection walked all of them: about 170 ms holding the GIL, pausing the engine and the
+    event loop alike, every few seconds at 150 req/s (measured with ``gc.callbacks``). The
+    frozen objects are still freed by reference counting; only cycle detection skips them.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(settings: Settings | None = None, *, load_in_background: bool = True) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
@@ -62,10 +75,15 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
         registry = Registry(Path(settings.model_store), settings.models)
         app.state.registry = registry
         factory = engine_factory(settings, metrics)
+
+        def load_models() -> None:
+            registry.load_all(factory)
+            freeze_startup_heap()
+
         if load_in_background:  # /health/live answers while models load; /health/ready waits for them
-            threading.Thread(target=registry.load_all, args=(factory,), name="model-loader", daemon=True).start()
+            threading.Thread(target=load_models, name="model-loader", daemon=True).start()
         else:
-            await asyncio.to_thread(registry.load_all, factory)
+            await asyncio.to_thread(load_models)
         yield
         registry.draining = True
         await asyncio.to_thread(registry.stop, settings.shutdown_grace_s)

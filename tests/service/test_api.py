@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -87,6 +88,17 @@ async def test_int8_quantised_models_serve_the_same_api(app_client: AppClient) -
         assert [t["finish_reason"] in ("eos", "length") for t in reply.json()["translations"]] == [True, True]
         chat = await client.post("/chat", json={"message": "hello"})
         assert chat.status_code == 200 and chat.json()["reply"] is not None
+
+
+async def test_the_start_up_heap_is_frozen_once_models_are_loaded(app_client: AppClient) -> None:
+    gc.unfreeze()
+    try:
+        async with app_client() as (client, _):
+            assert (await client.get("/health/ready")).status_code == 200
+            # Everything alive after start-up (torch, the app, the loaded models) is out of the collector's reach.
+            assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()
 
 
 async def test_models_health_metrics_docs(app_client: AppClient) -> None:
