@@ -112,7 +112,8 @@ def _append_rows(running: torch.Tensor | None, new: torch.Tensor | None, padded:
     source axis: both are zero-padded to the wider one.
 
     The result views storage with room to grow: ``running``'s own when the result fits
-    into it, else new storage with twice the rows (and 1.5 times the width) needed now.
+    into it, else new storage for twice the running rows (at least all of the result's) and
+    1.5 times the width.
     """
     if running is None or new is None:
         return None
