@@ -470,6 +470,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "## Method",
         "",
         __doc__.split("Definitions used everywhere (also written into the report):", 1)[1].strip(),
+        "- Every level runs on each mode's server in turn (all servers up, the others idle), so modes are "
+        "compared over windows seconds apart.",
         "- Closed loop: N workers send back to back; at the window's end the requests still in flight are "
         "cancelled (the connection closes; the server aborts them) and the next level waits for an idle server.",
         "- Open loop: arrivals are pre-drawn from a seeded Poisson process; latency counts from the scheduled "

@@ -3,10 +3,12 @@
 One run, one machine, one model:
 
 1. measure the machine's matmul peak and the bare model's single-sentence latency in-process;
-2. for each mode (``continuous`` first: its saturation throughput sets the open-loop rates),
-   start ``python -m service --batching MODE`` on a free loopback port and drive it over
-   HTTP: closed loop at each concurrency, then open loop (Poisson) at each rate, then a
-   small streamed-chat phase for time to first token; stop it;
+2. start ``python -m service --batching MODE`` for every mode, each on a free loopback port,
+   and drive them over HTTP one level at a time, the modes in turn at each level: closed
+   loop at each concurrency, then open loop (Poisson) at each rate (relative to the first
+   mode's best closed-loop throughput), then a small streamed-chat phase for time to first
+   token. Interleaving keeps a shared machine's drift (10-20 % over a run) out of the
+   ratios between modes, which a run of mode after mode measured minutes apart;
 3. compute the ratios against the targets and MFU, print the headline table, and write
    ``bench/results/<label>/{results.json, report.md, latency_vs_throughput.png}`` plus
    per-request data and server logs under the gitignored ``bench/results/raw/<label>/``.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -288,7 +291,7 @@ def _server_view(before: dict[str, float], after: dict[str, float]) -> dict[str,
 
 
 class ModeBench:
-    """The phases of one mode against one running server; results accumulate in ``self.result``."""
+    """The levels of one mode against its running server; results accumulate in ``self.result``."""
 
     def __init__(
         self, ctx: ModeContext, mode: str, server: ServerProcess, client: httpx.AsyncClient, load: HttpClient
@@ -304,61 +307,48 @@ class ModeBench:
             self.options["timeout"] = self.cfg.request_timeout
         body = {"model": ctx.model_name, "source_lang": "de", "target_lang": "en", **self.options}
         self.translate = Target(load, "/translate", "text", ctx.sentences, body, timeout_s=self.cfg.client_timeout_s)
-
-    async def run(self) -> ModeResult:
-        await self.closed_phase()
-        await self.open_phase()
-        await self.ttft_phase()
-        return self.result
-
-    async def closed_phase(self) -> None:
-        cfg = self.cfg
-        for c in cfg.concurrency:
-            if c == 1 and self.ctx.time_bare is not None:  # the server idles meanwhile
-                self.ctx.bare_by_mode[self.result.mode] = await asyncio.to_thread(self.ctx.time_bare)
-            await self.measure(
-                "closed", c, lambda edge, c=c: closed_loop(self.translate, c, cfg.warmup, cfg.duration, edge)
+        chat_body = {"model": self.cfg.chat_model, **self.options}
+        self.chat = (  # streamed /chat for time to first token; none without a chat model in the store
+            Target(
+                load,
+                "/chat",
+                "message",
+                ctx.chat_sentences,
+                chat_body,
+                timeout_s=self.cfg.client_timeout_s,
+                stream=True,
             )
-        if self.ctx.reference_rps is None:
-            self.ctx.reference_rps = self.result.max_closed_rps()
-
-    async def open_phase(self) -> None:
-        cfg = self.cfg
-        skip: str | None = None
-        for i, rate in enumerate(cfg.rates):
-            if rate.relative and not self.ctx.reference_rps:
-                skip = "no closed-loop reference throughput for a relative rate"
-            value = round(rate.resolve(self.ctx.reference_rps or 0.0), 2)
-            if skip is not None or value <= 0:
-                self.result.levels.append(LevelStats.skipped_level("open", value, skip or "rate <= 0"))
-                continue
-            stats = await self.measure(
-                "open",
-                value,
-                lambda edge, value=value, i=i: open_loop(
-                    self.translate, value, cfg.warmup, cfg.duration, cfg.seed + i, edge
-                ),
-            )
-            if report.overloaded(stats):
-                skip = f"overloaded at {value:g} req/s"
-
-    async def ttft_phase(self) -> None:
-        """Streamed /chat at low concurrency: the time to first token users of the chat UI feel."""
-        cfg = self.cfg
-        if not self.ctx.chat_sentences:  # no chat model in the store
-            return
-        chat_body = {"model": cfg.chat_model, **self.options}
-        chat = Target(
-            self.load,
-            "/chat",
-            "message",
-            self.ctx.chat_sentences,
-            chat_body,
-            timeout_s=cfg.client_timeout_s,
-            stream=True,
+            if ctx.chat_sentences
+            else None
         )
-        for c in TTFT_CONCURRENCY:
-            await self.measure("ttft", c, lambda edge, c=c: closed_loop(chat, c, cfg.warmup, cfg.ttft_duration, edge))
+        self.open_skip: str | None = None  # why the remaining open-loop rates are skipped
+
+    async def closed_level(self, c: int) -> None:
+        cfg = self.cfg
+        if c == 1 and self.ctx.time_bare is not None:  # the servers idle meanwhile
+            self.ctx.bare_by_mode[self.result.mode] = await asyncio.to_thread(self.ctx.time_bare)
+        await self.measure("closed", c, lambda edge: closed_loop(self.translate, c, cfg.warmup, cfg.duration, edge))
+
+    async def open_level(self, i: int, rate: Rate) -> None:
+        """Open loop at ``rate``; skipped once a lower rate overloaded this mode."""
+        cfg = self.cfg
+        if rate.relative and not self.ctx.reference_rps:
+            self.open_skip = "no closed-loop reference throughput for a relative rate"
+        value = round(rate.resolve(self.ctx.reference_rps or 0.0), 2)
+        if self.open_skip is not None or value <= 0:
+            self.result.levels.append(LevelStats.skipped_level("open", value, self.open_skip or "rate <= 0"))
+            return
+        stats = await self.measure(
+            "open", value, lambda edge: open_loop(self.translate, value, cfg.warmup, cfg.duration, cfg.seed + i, edge)
+        )
+        if report.overloaded(stats):
+            self.open_skip = f"overloaded at {value:g} req/s"
+
+    async def ttft_level(self, c: int) -> None:
+        """Streamed /chat at low concurrency: the time to first token users of the chat UI feel."""
+        cfg, chat = self.cfg, self.chat
+        assert chat is not None, "no chat model: no TTFT levels"
+        await self.measure("ttft", c, lambda edge: closed_loop(chat, c, cfg.warmup, cfg.ttft_duration, edge))
 
     async def measure(
         self,
@@ -397,21 +387,46 @@ class ModeBench:
         return m
 
 
-async def run_mode(ctx: ModeContext, mode: str) -> ModeResult:
-    """Start the server in ``mode`` (with the chat model too when there is one), run every phase, stop it."""
+def server_args(ctx: ModeContext, mode: str) -> list[str]:
+    """``python -m service`` flags for ``mode``: the model (and the chat model when there is one)."""
     cfg = ctx.cfg
     models = [cfg.model, *([cfg.chat_model] if ctx.chat_sentences else [])]
-    args = [
+    return [
         *("--model-store", str(cfg.model_store), "--models", ",".join(models), "--batching", mode),
         *("--threads", str(cfg.threads), "--device", cfg.device, "--quantize", cfg.quantize),
         *("--log-level", "warning", *cfg.server_args),
     ]
-    async with ServerProcess(args, cfg.out / "raw" / cfg.label / f"server-{mode}.log", REPO) as server:
-        log.info("%s: ready in %.1f s, RSS %.0f MiB", mode, server.startup_s, server.rss_ready / 2**20)
-        async with httpx.AsyncClient(base_url=server.url, timeout=None) as client, HttpClient(server.url) as load:
-            result = await ModeBench(ctx, mode, server, client, load).run()
-        result.rss_peak_bytes = server.rss_peak
-    return result
+
+
+async def run_modes(ctx: ModeContext) -> dict[str, ModeResult]:
+    """Start a server per mode (one after the other), run every level on each in turn, stop them."""
+    cfg = ctx.cfg
+    benches: list[ModeBench] = []
+    servers: list[ServerProcess] = []
+    async with contextlib.AsyncExitStack() as stack:
+        for mode in cfg.modes:
+            log_path = cfg.out / "raw" / cfg.label / f"server-{mode}.log"
+            server = await stack.enter_async_context(ServerProcess(server_args(ctx, mode), log_path, REPO))
+            log.info("%s: ready in %.1f s, RSS %.0f MiB", mode, server.startup_s, server.rss_ready / 2**20)
+            client = await stack.enter_async_context(httpx.AsyncClient(base_url=server.url, timeout=None))
+            load = await stack.enter_async_context(HttpClient(server.url))
+            benches.append(ModeBench(ctx, mode, server, client, load))
+            servers.append(server)
+        for c in cfg.concurrency:
+            for bench in benches:
+                await bench.closed_level(c)
+        if benches:
+            ctx.reference_rps = benches[0].result.max_closed_rps()
+        for i, rate in enumerate(cfg.rates):
+            for bench in benches:
+                await bench.open_level(i, rate)
+        if ctx.chat_sentences:  # else no chat model in the store: no TTFT phase
+            for c in TTFT_CONCURRENCY:
+                for bench in benches:
+                    await bench.ttft_level(c)
+    for bench, server in zip(benches, servers, strict=True):
+        bench.result.rss_peak_bytes = server.rss_peak
+    return {bench.result.mode: bench.result for bench in benches}
 
 
 # -- the whole run ----------------------------------------------------------------------------------
@@ -486,13 +501,6 @@ def _chat_sentences(cfg: BenchConfig) -> list[str]:
     return shuffled(load_sentences(cfg.chat_inputs), cfg.seed)
 
 
-async def _run_modes(ctx: ModeContext) -> dict[str, ModeResult]:
-    results = {}
-    for mode in ctx.cfg.modes:
-        results[mode] = await run_mode(ctx, mode)
-    return results
-
-
 def run(cfg: BenchConfig) -> dict[str, Any]:
     """The whole benchmark: in-process baselines, then every mode; writes every output and returns results.json's content."""
     manifest_dir = model_dir(cfg.model_store, cfg.model)
@@ -536,7 +544,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     ctx = ModeContext(cfg, sentences, chat_sentences, manifest["name"], time_bare=time_bare)
     # uvloop (installed with uvicorn[standard]) makes the load generator's event loop cheaper.
     with asyncio.Runner(loop_factory=getattr(uvloop, "new_event_loop", None)) as runner:
-        modes = runner.run(_run_modes(ctx))
+        modes = runner.run(run_modes(ctx))
 
     meta = {
         "label": cfg.label,

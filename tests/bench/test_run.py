@@ -53,7 +53,7 @@ def test_tiny_real_run_writes_every_output(tiny_store: Path, tmp_path: Path, mon
     )
     chat = tmp_path / "en.txt"
     chat.write_text("A dog plays.\nTwo men run in the park.\n")
-    args = ["--modes", "continuous", "--concurrency", "1,4", "--rates", "1x", "--duration", "0.6"]
+    args = ["--modes", "continuous,none", "--concurrency", "1,4", "--rates", "1x", "--duration", "0.6"]
     args += ["--warmup", "0.2", "--ttft-duration", "0.4", "--bare-sentences", "3", "--threads", "1"]
     args += ["--model-store", str(tiny_store), "--inputs", str(inputs), "--chat-inputs", str(chat)]
     args += ["--out", str(tmp_path / "results"), "--label", "tiny", "--server-args", "--max-batch-rows 16"]
@@ -73,7 +73,7 @@ def test_tiny_real_run_writes_every_output(tiny_store: Path, tmp_path: Path, mon
 
     out = tmp_path / "results" / "tiny"
     saved = json.loads((out / "results.json").read_text())
-    assert set(saved["modes"]) == {"continuous"}
+    assert set(saved["modes"]) == {"continuous", "none"}
     for mode in saved["modes"].values():
         assert mode["startup_s"] > 0 and mode["rss_peak_bytes"] >= mode["rss_ready_bytes"] > 0
         closed = [lvl for lvl in mode["levels"] if lvl["phase"] == "closed"]
@@ -83,7 +83,7 @@ def test_tiny_real_run_writes_every_output(tiny_store: Path, tmp_path: Path, mon
     assert saved["efficiency"]["peak_gflops"] > 0
     assert saved["efficiency"]["modes"]["continuous"]["mfu"] > 0
     # The bare model is timed at the start and again right before the c=1 level, which is compared with the latter.
-    assert len(bare_runs) == 2
+    assert len(bare_runs) == 3  # at the start, then before each mode's c=1 level
     assert saved["c1_vs_bare"]["continuous"]["bare_p50_ms"] > 10_000
     assert saved["bare_model"]["p50_ms"] < 10_000
     assert results["meta"]["reference_rps"] > 0
@@ -94,5 +94,15 @@ def test_tiny_real_run_writes_every_output(tiny_store: Path, tmp_path: Path, mon
     assert "## Targets" in report_md and "int8 dynamic quantisation" in report_md and "int8 dynamic linear" in report_md
     assert "## Batching ceiling" in report_md
     assert (out / "latency_vs_throughput.png").stat().st_size > 0
-    raw = (tmp_path / "results" / "raw" / "tiny" / "requests.jsonl").read_text().splitlines()
-    assert {json.loads(line)["phase"] for line in raw} == {"closed", "open", "ttft"}
+    lines = (tmp_path / "results" / "raw" / "tiny" / "requests.jsonl").read_text().splitlines()
+    raw = [json.loads(line) for line in lines]
+    assert {r["phase"] for r in raw} == {"closed", "open", "ttft"}
+    # Levels run on each mode in turn: closed c=1 of both modes, then closed c=4 of both, and so on.
+    levels = [(r["mode"], r["phase"], r["level"]) for r in raw]
+    order = list(dict.fromkeys(levels))
+    assert order[:4] == [
+        ("continuous", "closed", 1),
+        ("none", "closed", 1),
+        ("continuous", "closed", 4),
+        ("none", "closed", 4),
+    ]
