@@ -358,6 +358,10 @@ def write_raw(path: Path, records: Iterable[tuple[str, str, float, RequestRecord
             f.write(json.dumps({"mode": mode, "phase": phase, "level": level, **asdict(record)}) + "\n")
 
 
+def _peaks(meta: dict[str, Any]) -> str:
+    return " and ".join(f"{p:.1f}" for p in meta.get("peak_gflops_start_end") or []) or "–"
+
+
 PLOT_NAME = "latency_vs_throughput.png"
 
 
@@ -455,7 +459,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"Peak: best of 5 rounds of a 1024x1024 "
         f"{'int8 dynamic linear' if meta.get('quantize') == 'int8' else meta['dtype'] + ' matmul'} "
         f"on {meta['device']} with {meta['threads']} "
-        f"thread(s): **{eff['peak_gflops']:.1f} GFLOP/s**. MFU = FLOPs/token x tokens/s / peak at each mode's "
+        f"thread(s), measured at the start and at the end of the run ({_peaks(meta)} GFLOP/s), the better "
+        f"of the two: **{eff['peak_gflops']:.1f} GFLOP/s**. MFU = FLOPs/token x tokens/s / peak at each mode's "
         "saturation (its level with the most tokens/s). Attention over padding and the EOS step are not counted.",
         "",
         "| mode | level | mean source tokens | decoder FLOPs/token | parts (MFLOP) | GFLOP/s | MFU | MFU incl. encoder |",
