@@ -5,8 +5,8 @@ decoding parameters the server would use (``max_length`` = 2 x source + 10, capp
 the server's default ``max_output_tokens``). Only ``generate`` is timed; tokenisation
 happens before the clock starts.
 
-- :func:`time_bare_model`: one sentence at a time, the floor of the server's latency at
-  concurrency 1.
+- :class:`BareModel` / :func:`time_bare_model`: one sentence at a time, the floor of the
+  server's latency at concurrency 1.
 - :func:`time_offline_batch`: every sentence handed over at once, admitted longest first
   into a batch of ``max_rows`` rows: what batching alone can do for throughput on this
   machine. Its ratio to one-at-a-time decoding bounds the continuous / none ratio any
@@ -15,8 +15,9 @@ happens before the clock starts.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,33 +75,59 @@ def _prepare(
     return model, requests
 
 
-def time_bare_model(
-    model_dir: Path,
-    sentences: Sequence[str],
-    *,
-    device: torch.device,
-    dtype: torch.dtype,
-    threads: int,
-    beam_size: int = 1,
-    warmup: int = 3,
-    quantize: Quantization = "none",
-) -> list[BareTiming]:
-    """Decode each sentence alone (after ``warmup`` untimed ones) with ``threads`` intra-op threads."""
+@contextlib.contextmanager
+def _threads(threads: int) -> Iterator[None]:
+    """``threads`` intra-op threads inside the block, the previous number after it."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        model, requests = _prepare(model_dir, sentences, device, dtype, beam_size, quantize)
-        for request in requests[:warmup]:
-            generate(model, [request], device=device)
-        timings = []
-        for request in requests:
-            t0 = time.perf_counter()
-            hyps = generate(model, [request], device=device)[request.id]  # lists: already synchronised
-            elapsed = time.perf_counter() - t0
-            timings.append(BareTiming(int(request.id), elapsed, len(request.src_ids), len(hyps[0].tokens)))
-        return timings
+        yield
     finally:
         torch.set_num_threads(previous)
+
+
+class BareModel:
+    """The model loaded in-process with every sentence tokenised: times one sentence at a time, on demand.
+
+    :func:`time_bare_model` times them all in a row; the benchmark also alternates single
+    sentences with server requests for the same sentences, so both sides of the
+    concurrency-1 comparison see the same moment of a machine whose speed drifts.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        sentences: Sequence[str],
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        threads: int,
+        beam_size: int = 1,
+        warmup: int = 3,
+        quantize: Quantization = "none",
+    ) -> None:
+        self.device, self.threads = device, threads
+        with _threads(threads):
+            self.model, requests = _prepare(model_dir, sentences, device, dtype, beam_size, quantize)
+            for request in requests[:warmup]:
+                generate(self.model, [request], device=device)
+        self.requests = {int(r.id): r for r in requests}  # by position in ``sentences``; empty ones are absent
+
+    def time(self, index: int) -> BareTiming | None:
+        """Decode sentence ``index`` alone; None when it tokenises to nothing (the server rejects it too)."""
+        request = self.requests.get(index)
+        if request is None:
+            return None
+        with _threads(self.threads):
+            t0 = time.perf_counter()
+            hyps = generate(self.model, [request], device=self.device)[request.id]  # lists: already synchronised
+            elapsed = time.perf_counter() - t0
+        return BareTiming(index, elapsed, len(request.src_ids), len(hyps[0].tokens))
+
+
+def time_bare_model(bare: BareModel) -> list[BareTiming]:
+    """Every sentence of ``bare``, one after the other."""
+    return [t for index in sorted(bare.requests) if (t := bare.time(index)) is not None]
 
 
 def time_offline_batch(
@@ -115,15 +142,11 @@ def time_offline_batch(
     quantize: Quantization = "none",
 ) -> OfflineBatch:
     """Decode all ``sentences`` in one ``generate`` call with up to ``max_rows`` rows (after a short warm-up)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with _threads(threads):
         model, requests = _prepare(model_dir, sentences, device, dtype, beam_size, quantize)
         generate(model, requests[:max_rows], max_rows=max_rows, device=device)
         t0 = time.perf_counter()
         results = generate(model, requests, max_rows=max_rows, device=device)
         seconds = time.perf_counter() - t0
-        tokens = sum(len(hyps[0].tokens) for hyps in results.values())
-        return OfflineBatch(len(requests), max_rows, seconds, tokens)
-    finally:
-        torch.set_num_threads(previous)
+    tokens = sum(len(hyps[0].tokens) for hyps in results.values())
+    return OfflineBatch(len(requests), max_rows, seconds, tokens)

@@ -128,9 +128,10 @@ class Target:
         self.bodies = [json.dumps({**body, field: s, **extra}).encode() for s in sentences]
         self._next: Iterator[int] = itertools.cycle(range(len(sentences)))
 
-    async def __call__(self, scheduled: float | None = None) -> RequestRecord:
-        """Send the next input; ``scheduled`` is the open-loop arrival time latency counts from."""
-        index = next(self._next)
+    async def __call__(self, scheduled: float | None = None, index: int | None = None) -> RequestRecord:
+        """Send the next input (or input ``index``); ``scheduled`` is the open-loop arrival time latency counts from."""
+        if index is None:
+            index = next(self._next)
         start = time.perf_counter() if scheduled is None else scheduled
         try:
             async with asyncio.timeout(self.timeout_s):

@@ -440,11 +440,12 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"Bare model (in-process `generate`, one sentence at a time, tokenisation excluded): {bare['sentences']} "
         f"sentences, p50 {_fmt(bare['p50_ms'])} ms, p95 {_fmt(bare['p95_ms'])} ms, mean {_fmt(bare['mean_ms'])} ms, "
-        f"{_fmt(bare['mean_output_tokens'])} output tokens on average (timed at the start of the run). Each "
-        "mode's concurrency-1 level is compared with the bare model timed again right before it, on the "
-        "same sentences: a shared machine's speed drifts over a run.",
+        f"{_fmt(bare['mean_output_tokens'])} output tokens on average (timed at the start of the run). The "
+        "comparison below is paired: after each mode's concurrency-1 level, every sentence is decoded by the bare "
+        "model and then sent to the server, alternately, so both timings of a sentence come from the same "
+        "moment of a machine whose speed drifts over a run.",
         "",
-        "| mode | sentences timed by both | server c=1 p50 ms | bare p50 ms (before this level) | ratio |",
+        "| mode | sentence pairs | server p50 ms | bare p50 ms | ratio |",
         "|---|---:|---:|---:|---:|",
         *(
             f"| {m} | {v['sentences']} | {v['server_p50_ms']:.1f} | {v['bare_p50_ms']:.1f} | {v['ratio']:.2f}x |"

@@ -43,7 +43,7 @@ except ImportError:  # uvloop has no Windows build
     uvloop = None  # type: ignore[assignment]
 
 from bench import report
-from bench.bare import BareTiming, OfflineBatch, time_bare_model, time_offline_batch
+from bench.bare import BareModel, BareTiming, OfflineBatch, time_bare_model, time_offline_batch
 from bench.httpclient import HttpClient
 from bench.loadgen import EdgeHook, LoadRun, RequestRecord, Target, closed_loop, load_sentences, open_loop, shuffled
 from bench.mfu import (
@@ -263,10 +263,8 @@ class ModeContext:
     model_name: str
     raw: RawRecords = field(default_factory=list)
     reference_rps: float | None = None  # the first mode's max closed-loop req/s (for relative rates)
-    # Times the bare model again; each mode's concurrency-1 level is compared with a timing taken
-    # right before it, because a shared VM's speed drifts by 10-20 % over a run.
-    time_bare: Callable[[], list[BareTiming]] | None = None
-    bare_by_mode: dict[str, list[BareTiming]] = field(default_factory=dict)
+    bare: BareModel | None = None  # for the paired concurrency-1 comparison
+    c1_pairs: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # mode -> (server s, bare s)
 
 
 def _server_view(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -325,9 +323,27 @@ class ModeBench:
 
     async def closed_level(self, c: int) -> None:
         cfg = self.cfg
-        if c == 1 and self.ctx.time_bare is not None:  # the servers idle meanwhile
-            self.ctx.bare_by_mode[self.result.mode] = await asyncio.to_thread(self.ctx.time_bare)
         await self.measure("closed", c, lambda edge: closed_loop(self.translate, c, cfg.warmup, cfg.duration, edge))
+        if c == 1:
+            await self.paired_c1()
+
+    async def paired_c1(self) -> None:
+        """Each bare-model sentence, then the same sentence sent to the server, alternately.
+
+        Each pair is timed within a fraction of a second, so the concurrency-1 comparison
+        holds on a machine whose speed drifts by 10-20 % over minutes; a bare timing taken
+        before or after the level would not.
+        """
+        bare = self.ctx.bare
+        if bare is None:
+            return
+        pairs = self.ctx.c1_pairs.setdefault(self.result.mode, [])
+        for index in sorted(bare.requests):
+            timing = await asyncio.to_thread(bare.time, index)  # the servers idle meanwhile
+            record = await self.translate(index=index)
+            self.ctx.raw.append((self.result.mode, "paired", 1, record))
+            if timing is not None and record.ok:
+                pairs.append((record.latency, timing.seconds))
 
     async def open_level(self, i: int, rate: Rate) -> None:
         """Open loop at ``rate``; skipped once a lower rate overloaded this mode."""
@@ -432,11 +448,8 @@ async def run_modes(ctx: ModeContext) -> dict[str, ModeResult]:
 # -- the whole run ----------------------------------------------------------------------------------
 
 
-def c1_vs_bare(raw: RawRecords, mode: str, bare: list[BareTiming]) -> dict[str, float] | None:
-    """p50 of the mode's concurrency-1 latencies against the bare model's, over the sentences both timed."""
-    bare_by_index = {b.index: b.seconds for b in bare}
-    server = [r for m, phase, level, r in raw if m == mode and phase == "closed" and level == 1 and r.ok]
-    pairs = [(r.latency, bare_by_index[r.index]) for r in server if r.index in bare_by_index]
+def c1_vs_bare(pairs: list[tuple[float, float]]) -> dict[str, float] | None:
+    """p50 of the server's concurrency-1 latencies against the bare model's, over (server s, bare s) pairs."""
     if not pairs:
         return None
     server_ms = report.percentile([s for s, _ in pairs], 50) * 1000
@@ -515,19 +528,16 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     log.info("matmul peak: %s %s (quantisation %s), %d threads", device, dtype, cfg.quantize, cfg.threads)
     peak_before = matmul_peak_gflops(device, dtype, cfg.threads, quantize=cfg.quantize)
     log.info("matmul peak %.1f GFLOP/s; timing the bare model on %d sentences", peak_before, cfg.bare_sentences)
-
-    def time_bare() -> list[BareTiming]:
-        return time_bare_model(
-            manifest_dir,
-            sentences[: cfg.bare_sentences],
-            device=device,
-            dtype=dtype,
-            threads=cfg.threads,
-            beam_size=cfg.beam_size,
-            quantize=cfg.quantize,
-        )
-
-    bare = time_bare()
+    bare_model = BareModel(
+        manifest_dir,
+        sentences[: cfg.bare_sentences],
+        device=device,
+        dtype=dtype,
+        threads=cfg.threads,
+        beam_size=cfg.beam_size,
+        quantize=cfg.quantize,
+    )
+    bare = time_bare_model(bare_model)
     max_rows = int(_server_flag(cfg.server_args, "--max-batch-rows") or Settings.model_fields["max_batch_rows"].default)
     log.info("offline batched reference: %d sentences, %d rows", cfg.offline_sentences, max_rows)
     offline = time_offline_batch(
@@ -541,7 +551,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         quantize=cfg.quantize,
     )
     (cfg.out / "raw" / cfg.label).mkdir(parents=True, exist_ok=True)
-    ctx = ModeContext(cfg, sentences, chat_sentences, manifest["name"], time_bare=time_bare)
+    ctx = ModeContext(cfg, sentences, chat_sentences, manifest["name"], bare=bare_model)
     # uvloop (installed with uvicorn[standard]) makes the load generator's event loop cheaper.
     with asyncio.Runner(loop_factory=getattr(uvloop, "new_event_loop", None)) as runner:
         modes = runner.run(run_modes(ctx))
@@ -579,9 +589,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "reference_rps": ctx.reference_rps,
         "peak_gflops_start_end": [peak_before, peak_after],
     }
-    results = _results(
-        cfg, meta, ModelConfig.from_dict(manifest["model"]), peak, bare, offline, ctx.raw, modes, ctx.bare_by_mode
-    )
+    results = _results(cfg, meta, ModelConfig.from_dict(manifest["model"]), peak, bare, offline, modes, ctx.c1_pairs)
     _write_outputs(cfg, results, ctx.raw)
     return results
 
@@ -593,17 +601,12 @@ def _results(
     peak_gflops: float,
     bare: list[BareTiming],
     offline: OfflineBatch,
-    raw: RawRecords,
     modes: dict[str, ModeResult],
-    bare_by_mode: dict[str, list[BareTiming]],
+    c1_pairs: dict[str, list[tuple[float, float]]],
 ) -> dict[str, Any]:
-    """Derived numbers (MFU, concurrency 1 vs bare, target comparisons) next to the measurements.
-
-    ``bare`` was timed at the start of the run; ``bare_by_mode`` right before each mode's
-    concurrency-1 level, which that level is compared with (``bare`` where a mode has none).
-    """
+    """Derived numbers (MFU, concurrency 1 vs bare, target comparisons) next to the measurements."""
     eff = efficiency(modes, model_cfg, peak_gflops)
-    c1 = {m: v for m in modes if (v := c1_vs_bare(raw, m, bare_by_mode.get(m, bare))) is not None}
+    c1 = {m: v for m in modes if (v := c1_vs_bare(c1_pairs.get(m, []))) is not None}
     cont_c1 = c1.get("continuous")
     top = float(max(cfg.concurrency)) if cfg.concurrency else 0.0
     mfu = {m: v["mfu"] for m, v in eff["modes"].items()}

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from bench import bare, run
-from bench.bare import BareTiming
+from bench import run
 from bench.run import Rate
 from tests.tiny_models import make_tiny_store
 
@@ -46,7 +43,7 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_store(tmp_path_factory.mktemp("store") / "model_store")
 
 
-def test_tiny_real_run_writes_every_output(tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tiny_real_run_writes_every_output(tiny_store: Path, tmp_path: Path) -> None:
     inputs = tmp_path / "de.gz"
     inputs.write_bytes(
         gzip.compress("Ein Mann spielt im Park.\nZwei Hunde.\nEin Kind läuft auf der Straße.\n".encode())
@@ -58,17 +55,6 @@ def test_tiny_real_run_writes_every_output(tiny_store: Path, tmp_path: Path, mon
     args += ["--model-store", str(tiny_store), "--inputs", str(inputs), "--chat-inputs", str(chat)]
     args += ["--out", str(tmp_path / "results"), "--label", "tiny", "--server-args", "--max-batch-rows 16"]
     args += ["--quantize", "int8", "--offline-sentences", "3"]  # server, bare model and peak all take the int8 path
-    bare_runs: list[list[BareTiming]] = []
-
-    def time_bare_model(*args: Any, **kwargs: Any) -> list[BareTiming]:
-        """The real timing; the second one (before the c=1 level) marked by +10 s, to see which one is compared."""
-        timings = bare.time_bare_model(*args, **kwargs)
-        if bare_runs:
-            timings = [dataclasses.replace(t, seconds=t.seconds + 10) for t in timings]
-        bare_runs.append(timings)
-        return timings
-
-    monkeypatch.setattr(run, "time_bare_model", time_bare_model)
     results = run.run(run.parse_args(args))
 
     out = tmp_path / "results" / "tiny"
@@ -83,10 +69,6 @@ def test_tiny_real_run_writes_every_output(tiny_store: Path, tmp_path: Path, mon
     start, end = saved["meta"]["peak_gflops_start_end"]
     assert saved["efficiency"]["peak_gflops"] == max(start, end) > 0  # the better of the two measurements
     assert saved["efficiency"]["modes"]["continuous"]["mfu"] > 0
-    # The bare model is timed at the start and again right before the c=1 level, which is compared with the latter.
-    assert len(bare_runs) == 3  # at the start, then before each mode's c=1 level
-    assert saved["c1_vs_bare"]["continuous"]["bare_p50_ms"] > 10_000
-    assert saved["bare_model"]["p50_ms"] < 10_000
     assert results["meta"]["reference_rps"] > 0
     assert results["meta"]["quantize"] == "int8"
     offline = saved["offline_batch"]
@@ -97,13 +79,27 @@ def test_tiny_real_run_writes_every_output(tiny_store: Path, tmp_path: Path, mon
     assert (out / "latency_vs_throughput.png").stat().st_size > 0
     lines = (tmp_path / "results" / "raw" / "tiny" / "requests.jsonl").read_text().splitlines()
     raw = [json.loads(line) for line in lines]
-    assert {r["phase"] for r in raw} == {"closed", "open", "ttft"}
+    assert {r["phase"] for r in raw} == {"closed", "paired", "open", "ttft"}
+    # Concurrency 1 vs the bare model: each of the 3 sentences decoded in-process, then sent, per mode.
+    for mode in ("continuous", "none"):
+        paired = [r for r in raw if r["mode"] == mode and r["phase"] == "paired"]
+        assert sorted(r["index"] for r in paired) == [0, 1, 2]
+        assert saved["c1_vs_bare"][mode]["sentences"] == 3
     # Levels run on each mode in turn: closed c=1 of both modes, then closed c=4 of both, and so on.
     levels = [(r["mode"], r["phase"], r["level"]) for r in raw]
-    order = list(dict.fromkeys(levels))
+    order = [level for level in dict.fromkeys(levels) if level[1] != "paired"]
     assert order[:4] == [
         ("continuous", "closed", 1),
         ("none", "closed", 1),
         ("continuous", "closed", 4),
         ("none", "closed", 4),
     ]
+
+
+def test_c1_vs_bare_compares_medians_of_the_pairs() -> None:
+    pairs = [(0.030, 0.020), (0.050, 0.040), (0.100, 0.045)]  # (server s, bare s)
+    c1 = run.c1_vs_bare(pairs)
+    assert c1 is not None and c1["sentences"] == 3
+    assert c1["server_p50_ms"] == pytest.approx(50.0) and c1["bare_p50_ms"] == pytest.approx(40.0)
+    assert c1["ratio"] == pytest.approx(1.25)
+    assert run.c1_vs_bare([]) is None
