@@ -113,11 +113,9 @@ class BareModel:
                 generate(self.model, [request], device=device)
         self.requests = {int(r.id): r for r in requests}  # by position in ``sentences``; empty ones are absent
 
-    def time(self, index: int) -> BareTiming | None:
-        """Decode sentence ``index`` alone; None when it tokenises to nothing (the server rejects it too)."""
-        request = self.requests.get(index)
-        if request is None:
-            return None
+    def time(self, index: int) -> BareTiming:
+        """Decode sentence ``index`` (a key of ``requests``) alone."""
+        request = self.requests[index]
         with _threads(self.threads):
             t0 = time.perf_counter()
             hyps = generate(self.model, [request], device=self.device)[request.id]  # lists: already synchronised
@@ -127,7 +125,7 @@ class BareModel:
 
 def time_bare_model(bare: BareModel) -> list[BareTiming]:
     """Every sentence of ``bare``, one after the other."""
-    return [t for index in sorted(bare.requests) if (t := bare.time(index)) is not None]
+    return [bare.time(index) for index in sorted(bare.requests)]
 
 
 def time_offline_batch(

@@ -298,7 +298,6 @@ class ModeBench:
         self.cfg = ctx.cfg
         self.server = server
         self.client = client  # control requests: /metrics, idle checks
-        self.load = load  # the measured requests
         self.result = ModeResult(mode, server.startup_s, server.rss_ready)
         self.options: dict[str, Any] = {"beam_size": self.cfg.beam_size}  # decoding options of every request
         if self.cfg.request_timeout is not None:
@@ -342,7 +341,7 @@ class ModeBench:
             timing = await asyncio.to_thread(bare.time, index)  # the servers idle meanwhile
             record = await self.translate(index=index)
             self.ctx.raw.append((self.result.mode, "paired", 1, record))
-            if timing is not None and record.ok:
+            if record.ok:
                 pairs.append((record.latency, timing.seconds))
 
     async def open_level(self, i: int, rate: Rate) -> None:
@@ -418,7 +417,6 @@ async def run_modes(ctx: ModeContext) -> dict[str, ModeResult]:
     """Start a server per mode (one after the other), run every level on each in turn, stop them."""
     cfg = ctx.cfg
     benches: list[ModeBench] = []
-    servers: list[ServerProcess] = []
     async with contextlib.AsyncExitStack() as stack:
         for mode in cfg.modes:
             log_path = cfg.out / "raw" / cfg.label / f"server-{mode}.log"
@@ -426,8 +424,7 @@ async def run_modes(ctx: ModeContext) -> dict[str, ModeResult]:
             log.info("%s: ready in %.1f s, RSS %.0f MiB", mode, server.startup_s, server.rss_ready / 2**20)
             client = await stack.enter_async_context(httpx.AsyncClient(base_url=server.url, timeout=None))
             load = await stack.enter_async_context(HttpClient(server.url))
-            benches.append(ModeBench(ctx, mode, server, client, load))
-            servers.append(server)
+            benches.append(ModeBench(ctx, mode, server, client, load))  # load: the measured requests
         for c in cfg.concurrency:
             for bench in benches:
                 await bench.closed_level(c)
@@ -440,8 +437,8 @@ async def run_modes(ctx: ModeContext) -> dict[str, ModeResult]:
             for c in TTFT_CONCURRENCY:
                 for bench in benches:
                     await bench.ttft_level(c)
-    for bench, server in zip(benches, servers, strict=True):
-        bench.result.rss_peak_bytes = server.rss_peak
+    for bench in benches:
+        bench.result.rss_peak_bytes = bench.server.rss_peak
     return {bench.result.mode: bench.result for bench in benches}
 
 

@@ -6,7 +6,8 @@ request (beams are ordinary rows of the same batch). Each :meth:`GenerationBatch
 
 1. runs ONE decoder step for all rows,
 2. picks tokens per request with the pure functions of :mod:`seq2seq.decoding`,
-3. retires finished requests and reorders beams with a single ``state.select``.
+3. retires finished requests in place (``state.move_rows``), or with beams reorders rows
+   with a single ``state.select``.
 
 :meth:`add` encodes new requests as one batch and appends them to the running
 state, so a new request never waits for the others to finish. Static batching (fill, then

@@ -9,8 +9,8 @@ the size of the running batch and gets back the requests to encode now.
   a quarter of the rows in flight, or until ``admit_delay_s`` has passed since the last
   admission, and then encodes the group together. Encoding is a sequential LSTM pass
   whose cost hardly grows with the batch (about 5 ms for one sentence and 13 ms for
-  eight on a 2-core CPU) and each join copies the running state, so admitting every
-  arrival on its own spent half of a busy engine's time on admission. The delay counts
+  eight on a 2-core CPU), so admitting every arrival on its own spent half of a busy
+  engine's time on admission (measured when each join also copied the running state). The delay counts
   from the last admission, not from the oldest arrival: under overload every queued
   request is old, and would be admitted a few rows at every step. An idle engine admits
   at once, so a lone request pays no delay (vLLM's ``scheduler_delay_factor`` groups
