@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--run-dir", type=Path)
     where.add_argument("--model-dir", type=Path)
-    p.add_argument("--corpus", help="default: the run's corpus (run dir) or multi30k")
+    p.add_argument("--corpus", help="default: the corpus the run or the packaged model was trained on")
     p.add_argument("--src", help="default: the run's / manifest's source language")
     p.add_argument("--tgt", help="default: the run's / manifest's target language")
     p.add_argument("--beam-size", type=int, default=5)
@@ -113,8 +113,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--quantize", choices=QUANTIZATIONS, default="none", help="evaluate the int8 model the service runs with it"
     )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="weights and activations of the evaluated model (the service's --dtype)",
+    )
     p.add_argument("--out", type=Path, help="write the results as JSON here (default: <run-dir>/eval.json)")
     args = p.parse_args(argv)
+    if args.quantize == "int8" and args.dtype != "float32":
+        p.error("--quantize int8 runs float32 activations: leave --dtype at float32")
     torch.set_num_threads(args.threads)
     if args.run_dir:
         model, src_tok, tgt_tok, info = load_run(args.run_dir)
@@ -131,11 +139,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         loaded = load_model_dir(args.model_dir)
         model, src_tok, tgt_tok = loaded.model, loaded.source_tokenizer, loaded.target_tokenizer
         m = loaded.manifest
+        trained_on = m.get("training", {}).get("hyperparameters", {})
         corpus = load_corpus(
-            args.corpus or "multi30k", src=args.src or m["source_lang"], tgt=args.tgt or m["target_lang"]
+            args.corpus or trained_on.get("corpus", "multi30k"),
+            src=args.src or m["source_lang"],
+            tgt=args.tgt or m["target_lang"],
+            seed=int(trained_on.get("seed", 1)),  # the chat corpora's held-out split depends on it
         )
-    model = optimize_for_inference(model, args.quantize)  # the form the service runs
+    model = optimize_for_inference(model.to(getattr(torch, args.dtype)), args.quantize)  # the form the service runs
     result = evaluate(model, src_tok, tgt_tok, corpus.test, args.beam_size, args.length_penalty)
+    result["dtype"], result["quantize"] = args.dtype, args.quantize
     result["test_set"] = (
         corpus.provenance.get("splits", {}).get("test", "test")
         if isinstance(corpus.provenance.get("splits"), dict)

@@ -80,3 +80,18 @@ def test_evaluate_a_run_dir(trained_run: TrainedRun, tmp_path: Path) -> None:
         example = result[name]["examples"][0]
         assert example["output"] == example["reference"] == " ".join(reversed(example["source"].split()))
     assert result["beam"]["decoding"]["beam_size"] == 3 and result["greedy"]["decoding"]["length_penalty"] is None
+
+
+def test_evaluate_in_bfloat16(trained_run: TrainedRun, tmp_path: Path) -> None:
+    with isolated_main():
+        result = evaluate.main(
+            ["--run-dir", str(trained_run.run_dir), "--dtype", "bfloat16", "--out", str(tmp_path / "eval.json")]
+        )
+    assert result["dtype"] == "bfloat16" and result["quantize"] == "none"
+    assert result["greedy"]["bleu"] > 90 and result["test_ppl"] < 1.2  # the tiny task survives bfloat16 weights
+
+
+def test_int8_with_another_dtype_is_a_usage_error(trained_run: TrainedRun) -> None:
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--run-dir", str(trained_run.run_dir), "--quantize", "int8", "--dtype", "bfloat16"])
+    assert exc.value.code == 2
