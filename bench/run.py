@@ -59,7 +59,7 @@ from bench.server import ServerProcess
 from seq2seq.checkpoint import read_manifest
 from seq2seq.config import ModelConfig
 from seq2seq.optimize import QUANTIZATIONS
-from service.engine.runner import resolve_device, resolve_dtype
+from service.engine.runner import DTYPES, resolve_device, resolve_dtype
 from service.settings import Settings
 
 log = logging.getLogger("bench")
@@ -119,6 +119,7 @@ class BenchConfig:
     ttft_duration: float
     threads: int  # resolved: never 0
     device: str
+    dtype: str  # the server's --dtype ("auto" or a torch dtype name): server, bare model and matmul peak
     quantize: str  # "none" or "int8": server, bare model and matmul peak
     model: str  # name or name@version
     chat_model: str
@@ -169,6 +170,13 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     add("--threads", type=int, default=0, help="torch threads of server, bare model and matmul peak (0: torch default)")
     add("--device", default="auto", choices=["auto", "cpu", "cuda"], help="server, bare model and matmul peak")
     add(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="server, bare model and matmul peak (auto: float16 on CUDA, float32 on the CPU;\n"
+        "bfloat16 is the fast choice on CPUs with native bfloat16 GEMMs, e.g. AVX512-BF16 or AMX)",
+    )
+    add(
         "--quantize",
         default="none",
         choices=QUANTIZATIONS,
@@ -198,6 +206,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     unknown = set(modes) - set(MODE_ORDER)
     if unknown or not modes:
         p.error(f"--modes: choose from {', '.join(MODE_ORDER)}")
+    if a.quantize == "int8" and a.dtype not in ("auto", "float32"):
+        p.error("--quantize int8 runs float32 activations: leave --dtype at auto or float32")
     label = a.label or dt.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if a.quick else "")
     return BenchConfig(
         modes=sorted(modes, key=MODE_ORDER.index),
@@ -208,6 +218,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         ttft_duration=pick["ttft_duration"],
         threads=a.threads or torch.get_num_threads(),
         device=a.device,
+        dtype=a.dtype,
         quantize=a.quantize,
         model=a.model,
         chat_model=a.chat_model,
@@ -280,9 +291,11 @@ def _server_view(before: dict[str, float], after: dict[str, float]) -> dict[str,
         "client_cpu": delta("_client_cpu") / wall,
         "server_tokens_per_s": delta("seq2seq_generated_tokens_total") / wall,
         "decode_steps_per_s": steps / wall,
+        # Encoding runs on the engine's worker, or beside the steps on the encoder thread (--overlap-encode).
+        "encode_busy": delta("seq2seq_encode_seconds_sum") / wall,
     }
     if steps:
-        view["decode_busy"] = delta("seq2seq_decode_step_seconds_sum") / wall  # the rest: admission (encoding) or idle
+        view["decode_busy"] = delta("seq2seq_decode_step_seconds_sum") / wall
         view["mean_batch_rows"] = delta("seq2seq_batch_size_sum") / steps
         view["mean_step_ms"] = 1000 * delta("seq2seq_decode_step_seconds_sum") / steps
     return view
@@ -408,7 +421,7 @@ def server_args(ctx: ModeContext, mode: str) -> list[str]:
     models = [cfg.model, *([cfg.chat_model] if ctx.chat_sentences else [])]
     return [
         *("--model-store", str(cfg.model_store), "--models", ",".join(models), "--batching", mode),
-        *("--threads", str(cfg.threads), "--device", cfg.device, "--quantize", cfg.quantize),
+        *("--threads", str(cfg.threads), "--device", cfg.device, "--dtype", cfg.dtype, "--quantize", cfg.quantize),
         *("--log-level", "warning", *cfg.server_args),
     ]
 
@@ -516,7 +529,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     manifest_dir = model_dir(cfg.model_store, cfg.model)
     manifest = read_manifest(manifest_dir)
     device = resolve_device(cfg.device)
-    dtype = resolve_dtype("auto", device)
+    dtype = resolve_dtype(cfg.dtype, device)
     sentences = shuffled(load_sentences(cfg.inputs), cfg.seed)
     chat_sentences = _chat_sentences(cfg)
     load_before = os.getloadavg()

@@ -10,7 +10,8 @@ request (beams are ordinary rows of the same batch). Each :meth:`GenerationBatch
    with a single ``state.select``.
 
 :meth:`add` encodes new requests as one batch and appends them to the running
-state, so a new request never waits for the others to finish. Static batching (fill, then
+state, so a new request never waits for the others to finish; it is :meth:`encode`
+then :meth:`join`, which the engine runs on two threads. Static batching (fill, then
 run to completion) and one-at-a-time decoding are the same object used differently.
 """
 
@@ -100,11 +101,18 @@ class GenerationBatch:
         return [s.request.id for s in self.active]
 
     # -- joining ---------------------------------------------------------------------------
-    @torch.inference_mode()  # like step(): the state's storage is written in place by both
     def add(self, requests: Sequence[GenerationRequest]) -> None:
         """Encode ``requests`` as one batch and append their rows (``beam_size`` each)."""
-        if not requests:
-            return
+        if requests:
+            self.join(requests, self.encode(requests))
+
+    @torch.inference_mode()
+    def encode(self, requests: Sequence[GenerationRequest]) -> DecoderState:
+        """The decoder rows of ``requests`` (``beam_size`` each), encoded as one batch, for :meth:`join`.
+
+        Reads the model and nothing of the running batch, so it may run on another thread
+        while :meth:`step` runs: the engine encodes arrivals beside the decoding batch.
+        """
         width = max(len(r.src_ids) for r in requests)
         src = torch.tensor([[*r.src_ids, *[PAD_ID] * (width - len(r.src_ids))] for r in requests], dtype=torch.long)
         lengths = torch.tensor([len(r.src_ids) for r in requests])
@@ -115,8 +123,13 @@ class GenerationBatch:
         if any(n > 1 for n in rows):
             tile = torch.repeat_interleave(torch.arange(len(requests)), torch.tensor(rows))
             state = state.select(tile)
+        return state
+
+    @torch.inference_mode()  # like step(): the state's storage is written in place by both
+    def join(self, requests: Sequence[GenerationRequest], state: DecoderState) -> None:
+        """Append ``requests``, encoded by :meth:`encode` into ``state``, to the running batch."""
         self.state = state if self.state is None else self.state.append(state)
-        bos = torch.full((sum(rows),), BOS_ID, dtype=torch.long, device=self.device)
+        bos = torch.full((len(state),), BOS_ID, dtype=torch.long, device=self.device)
         self.last_tokens = torch.cat([self.last_tokens, bos])
         for r in requests:
             k = r.params.rows

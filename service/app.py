@@ -44,6 +44,7 @@ def engine_factory(settings: Settings, metrics: Metrics):
             max_queue=settings.max_queue,
             max_delay_s=settings.static_max_delay_ms / 1000,
             admit_delay_s=settings.admit_delay_ms / 1000,
+            overlap_encode=settings.overlap_encode,
         )
         engine.start()
         return engine

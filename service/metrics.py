@@ -39,6 +39,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.time_per_encode = Histogram(
+            "seq2seq_encode_seconds",
+            "wall time of encoding one admitted group of requests",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.rejected = Counter("seq2seq_rejected", "requests refused", ["model", "reason"], registry=r)
         self.cancelled = Counter(
             "seq2seq_cancelled", "requests cancelled while queued or running", ["model"], registry=r

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Literal, get_args
 
 import torch
 
@@ -12,8 +13,12 @@ from seq2seq.checkpoint import LoadedModel, load_model_dir
 from seq2seq.decoding import DecodeParams
 from seq2seq.generation import GenerationBatch, GenerationRequest, StepEvent, generate
 from seq2seq.optimize import Quantization, optimize_for_inference
+from seq2seq.state import DecoderState
 
 log = logging.getLogger("service.runner")
+
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+DTYPES: tuple[DType, ...] = get_args(DType)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -53,6 +58,13 @@ class ModelRunner:
 
     def add(self, requests: Sequence[GenerationRequest]) -> None:
         self.batch.add(requests)
+
+    def encode(self, requests: Sequence[GenerationRequest]) -> DecoderState:
+        """Encode ``requests`` for :meth:`join`; safe on another thread while the batch steps."""
+        return self.batch.encode(requests)
+
+    def join(self, requests: Sequence[GenerationRequest], state: DecoderState) -> None:
+        self.batch.join(requests, state)
 
     def step(self) -> list[StepEvent]:
         return self.batch.step()

@@ -25,6 +25,15 @@ def test_quick_preset_and_explicit_flags_win() -> None:
         run.parse_args(["--modes", "dynamic"])
 
 
+def test_dtype_goes_to_server_bare_model_and_peak_and_excludes_int8() -> None:
+    assert run.parse_args([]).dtype == "auto"
+    cfg = run.parse_args(["--dtype", "bfloat16"])
+    flags = run.server_args(run.ModeContext(cfg, [], [], "m"), "continuous")
+    assert flags[flags.index("--dtype") + 1] == "bfloat16"
+    with pytest.raises(SystemExit):
+        run.parse_args(["--dtype", "bfloat16", "--quantize", "int8"])
+
+
 def test_rates_absolute_and_relative() -> None:
     assert Rate.parse("0.5x").resolve(40.0) == 20.0
     assert Rate.parse(" 12 ").resolve(40.0) == 12.0

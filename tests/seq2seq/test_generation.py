@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -358,6 +359,31 @@ def test_requests_joining_after_rows_finished_get_their_solo_results(model: Seq2
                 results[e.request_id] = e.finished
     assert set(results) == {"a0", "a2"} and len(batch) == 2
     batch.add(joining)
+    run_to_end(batch, results)
+    for r in running + joining:
+        assert_same_hypotheses(results[r.id], alone(model, r))
+
+
+def test_requests_encoded_on_another_thread_while_the_batch_steps_join_with_their_solo_results(
+    model: Seq2Seq,
+) -> None:
+    """The engine's overlap: ``encode`` on a second thread during ``step``s, ``join`` afterwards."""
+    running = make_requests(model.cfg, [5, 3], [DecodeParams(max_length=12, min_length=8), PARAMS[2]], prefix="a")
+    joining = make_requests(
+        model.cfg, [9, 2], [PARAMS[0], DecodeParams(max_length=6, beam_size=2, n_best=2)], seed=1, prefix="b"
+    )
+    batch = GenerationBatch(model)
+    results: dict[str, list[Hypothesis]] = {}
+    batch.add(running)
+    with ThreadPoolExecutor(1) as encoder:
+        encoded = encoder.submit(batch.encode, joining)
+        for _ in range(3):
+            for e in batch.step():
+                assert e.finished is None
+        state = encoded.result()
+    assert len(state) == 3 and batch.request_ids == ["a0", "a1"]  # encoding leaves the batch alone
+    batch.join(joining, state)
+    assert batch.request_ids == ["a0", "a1", "b0", "b1"] and len(batch) == 5
     run_to_end(batch, results)
     for r in running + joining:
         assert_same_hypotheses(results[r.id], alone(model, r))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 
 import pytest
@@ -193,3 +194,87 @@ async def test_abort_removes_rows_within_a_step(app_client: AppClient) -> None:
         assert eng.active_rows == 0
         text = (await client.get("/metrics")).text
         assert metric(text, "seq2seq_cancelled_total", '{model="translate-de-en"}') == 1
+
+
+def record_encoding_threads(app: FastAPI, gate: threading.Event | None = None, fail: bool = False) -> list[str]:
+    """Names of the threads that encode for translate-de-en, in order. Encodes on the encoder
+    thread first wait for ``gate``, or raise with ``fail``; the worker's own encodes run as usual."""
+    runner = engine(app).runner
+    real_encode = runner.encode
+    threads: list[str] = []
+
+    def encode(requests):
+        name = threading.current_thread().name
+        threads.append(name)
+        if name.startswith("encoder-"):
+            if gate is not None:
+                assert gate.wait(10)
+            if fail:
+                raise RuntimeError("simulated encoder failure")
+        return real_encode(requests)
+
+    runner.encode = encode  # type: ignore[method-assign]
+    return threads
+
+
+async def start_long_request(client, app: FastAPI) -> asyncio.Task:
+    """A request that keeps the batch decoding for ~0.6 s (60 steps of >= 10 ms)."""
+    slow_down(app, 0.01)
+    long = asyncio.create_task(
+        client.post("/translate", json={"text": SENTENCES[3], "min_length": 60, "max_length": 60})
+    )
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if engine(app).active_rows:
+            break
+    return long
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+async def test_arrivals_are_encoded_beside_the_running_batch(app_client: AppClient, overlap: bool) -> None:
+    async with app_client(overlap_encode=overlap) as (client, app):
+        solo = await client.post("/translate", json={"text": SENTENCES[1], "max_length": 8})
+        threads = record_encoding_threads(app)
+        long = await start_long_request(client, app)
+        joined = await client.post("/translate", json={"text": SENTENCES[1], "max_length": 8})
+        assert not long.done()  # it joined the running batch
+        assert (await long).status_code == 200
+        assert joined.json()["translations"] == solo.json()["translations"]
+        assert threads[0] == "engine-translate-de-en"  # an idle engine encodes on its own worker
+        assert threads[1] == ("encoder-translate-de-en_0" if overlap else "engine-translate-de-en")
+        text = (await client.get("/metrics")).text
+        assert metric(text, "seq2seq_encode_seconds_count", '{model="translate-de-en"}') >= 3  # warm-up excluded
+
+
+async def test_request_expiring_while_encoded_never_joins(app_client: AppClient) -> None:
+    async with app_client() as (client, app):
+        gate = threading.Event()
+        threads = record_encoding_threads(app, gate=gate)
+        long = await start_long_request(client, app)
+        late = await client.post("/translate", json={"text": SENTENCES[0], "timeout": 0.1})
+        assert late.status_code == 504 and "during generation" in late.json()["error"]["message"]
+        assert threads[-1].startswith("encoder-")
+        gate.set()  # its encoding finishes after the deadline: the rows must leave at once
+        for _ in range(20):
+            await asyncio.sleep(0.02)
+            if engine(app).active_rows == 1:
+                break
+        assert engine(app).active_rows == 1  # only the long request
+        assert (await long).status_code == 200
+        assert engine(app).active_rows == 0
+
+
+async def test_failed_encoding_on_the_encoder_thread_fails_only_its_requests(app_client: AppClient) -> None:
+    async with app_client() as (client, app):
+        record_encoding_threads(app, fail=True)
+        long = await start_long_request(client, app)
+        failed = await client.post("/translate", json={"text": SENTENCES[0]})
+        assert failed.status_code == 500
+        assert failed.json()["error"] == {
+            "code": "internal_error",
+            "message": "encoding failed: simulated encoder failure",
+        }
+        long_reply = await long
+        assert long_reply.status_code == 200 and len(long_reply.json()["translations"]) == 1
+        ok = await client.post("/translate", json={"text": SENTENCES[0], "max_length": 5})
+        assert ok.status_code == 200  # an idle engine encodes on its worker
