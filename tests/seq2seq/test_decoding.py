@@ -42,6 +42,19 @@ def test_greedy_picks_row_argmax() -> None:
     assert greedy(lp).tolist() == [2, 4, 3]
 
 
+def test_greedy_takes_the_first_of_tied_maxima_like_torch_in_any_layout() -> None:
+    g = torch.Generator().manual_seed(0)
+    lp = torch.log_softmax(torch.randn(64, 300, generator=g), -1)
+    lp[0] = float("-inf")  # every token forbidden: index 0, as torch.argmax says
+    lp[1, [7, 9, 200]] = lp[1].max() + 1  # a tie: the first one
+    lp[2, 5:] = float("-inf")
+    for rows in (lp, lp[::2], lp.t().contiguous().t()):  # contiguous, strided rows, column-major
+        tokens = greedy(rows)
+        assert tokens.dtype == torch.long
+        assert tokens.tolist() == rows.argmax(-1).tolist()
+    assert greedy(lp)[:2].tolist() == [0, 7]
+
+
 def test_forbid_eos_only_on_given_rows_and_without_mutating() -> None:
     lp = logprobs_of([[0.1, 0.1, 0.1, 0.6, 0.1], [0.1, 0.1, 0.1, 0.6, 0.1]])
     original = lp.clone()
