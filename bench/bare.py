@@ -9,8 +9,8 @@ happens before the clock starts.
   server's latency at concurrency 1.
 - :func:`time_offline_batch`: every sentence handed over at once, admitted longest first
   into a batch of ``max_rows`` rows: what batching alone can do for throughput on this
-  machine. Its ratio to one-at-a-time decoding bounds the continuous / none ratio any
-  server can reach here, whatever its HTTP and scheduling costs.
+  machine, on the same threads. Its ratio to one-at-a-time decoding is the continuous /
+  none ratio of a server without per-request costs that decodes and encodes on one thread.
 """
 
 from __future__ import annotations

@@ -56,9 +56,6 @@ class ModelRunner:
     def __len__(self) -> int:
         return len(self.batch)
 
-    def add(self, requests: Sequence[GenerationRequest]) -> None:
-        self.batch.add(requests)
-
     def encode(self, requests: Sequence[GenerationRequest]) -> DecoderState:
         """Encode ``requests`` for :meth:`join`; safe on another thread while the batch steps."""
         return self.batch.encode(requests)

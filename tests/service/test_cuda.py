@@ -26,7 +26,8 @@ def test_cuda_runner_matches_cpu(tiny_store: Path, dtype: str) -> None:
     ids = cpu.loaded.source_tokenizer.encode("ein mann spielt im park")
     outputs = []
     for runner in (cpu, gpu):
-        runner.add([GenerationRequest("r", ids, DecodeParams(max_length=12))])
+        requests = [GenerationRequest("r", ids, DecodeParams(max_length=12))]
+        runner.join(requests, runner.encode(requests))
         tokens: list[int] = []
         while len(runner):
             for event in runner.step():
