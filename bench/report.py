@@ -521,5 +521,7 @@ def _offline_section(results: dict[str, Any]) -> list[str]:
     modes: dict[str, ModeResult] = results["modes"]
     for mode, r in modes.items():
         best = r.max_closed_rps()
-        lines.append(f"| {mode} | {best:.1f} | {best / off['requests_per_s']:.0%} | {_fmt(best / one if one else None, '.0%')} |")
+        lines.append(
+            f"| {mode} | {best:.1f} | {best / off['requests_per_s']:.0%} | {_fmt(best / one if one else None, '.0%')} |"
+        )
     return [*lines, ""]
