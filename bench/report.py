@@ -256,7 +256,7 @@ def levels_table(modes: dict[str, ModeResult], phase: str) -> str:
     """One row per mode and level of ``phase``, with the server-side batch size and CPU use."""
     head = (
         "| mode | level | req/s | tok/s | p50 ms | p95 ms | p99 ms | ok | errors | max-length replies "
-        "| mean batch | step ms | decode busy | encode busy | server CPU | client CPU |"
+        "| mean batch | step ms | step on CPU | decode busy | encode busy | server CPU | client CPU |"
     )
     if phase == "ttft":
         head = "| mode | level | req/s | tok/s | TTFT p50 ms | TTFT p95 ms | p50 ms | p95 ms | ok | errors |"
@@ -277,6 +277,7 @@ def levels_table(modes: dict[str, ModeResult], phase: str) -> str:
                 f"| {mode} | {s.label} | {_fmt(s.rps)} | {_fmt(s.tokens_per_s, '.0f')} | {_fmt(s.p50_ms)} "
                 f"| {_fmt(s.p95_ms)} | {_fmt(s.p99_ms)} | {s.ok} | {_errors(s.errors)} | {_fmt(s.length_share, '.0%')} "
                 f"| {_fmt(srv.get('mean_batch_rows'))} | {_fmt(srv.get('mean_step_ms'), '.2f')} "
+                f"| {_fmt(srv.get('step_on_cpu'), '.0%')} "
                 f"| {_fmt(srv.get('decode_busy'), '.0%')} | {_fmt(srv.get('encode_busy'), '.0%')} "
                 f"| {_fmt(srv.get('server_cpu'), '.0%')} "
                 f"| {_fmt(srv.get('client_cpu'), '.0%')} |"
@@ -423,7 +424,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "## Closed loop",
         "",
         "`max-length replies`: share of replies cut at `max_length` (2 x source + 10 by default): a model that "
-        "repeats itself makes them, and they make the latency tail. `mean batch`: rows per decoder step, `step ms`: time per step, `decode busy`: share of wall time spent in "
+        "repeats itself makes them, and they make the latency tail. `mean batch`: rows per decoder step, `step ms`: time per step, `step on CPU`: share of that time the engine's worker thread ran (the rest it waited, mostly for the GIL held by the HTTP event loop), `decode busy`: share of wall time spent in "
         "decoder steps, `encode busy`: in encoding admitted requests (on the engine's worker, or beside the steps on "
         "its encoder thread with `--overlap-encode`, so the two can add up to more than 100%), all from the server's `/metrics` "
         "over the window; CPU: seconds of CPU per second of wall time (1 = one core busy), server and load generator.",

@@ -298,6 +298,8 @@ def _server_view(before: dict[str, float], after: dict[str, float]) -> dict[str,
         view["decode_busy"] = delta("seq2seq_decode_step_seconds_sum") / wall
         view["mean_batch_rows"] = delta("seq2seq_batch_size_sum") / steps
         view["mean_step_ms"] = 1000 * delta("seq2seq_decode_step_seconds_sum") / steps
+        # The rest of a step's wall time the worker waited: for the GIL, mostly.
+        view["step_on_cpu"] = delta("seq2seq_decode_step_cpu_seconds_total") / delta("seq2seq_decode_step_seconds_sum")
     return view
 
 

@@ -39,6 +39,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # Against the steps' wall time (seq2seq_decode_step_seconds_sum): the rest of a step is
+        # the worker waiting, mostly for the GIL that the HTTP event loop holds between its ops.
+        self.step_cpu = Counter(
+            "seq2seq_decode_step_cpu_seconds", "CPU time of the worker thread in decoder steps", ["model"], registry=r
+        )
         self.time_per_encode = Histogram(
             "seq2seq_encode_seconds",
             "wall time of encoding one admitted group of requests",

@@ -54,9 +54,10 @@ class Settings(BaseSettings):
         ge=0,
         description="continuous batching: while a batch runs, gather arrivals at most this long to encode together",
     )
-    overlap_encode: bool = Field(
-        True,
-        description="continuous batching: encode arrivals on a second thread while the running batch decodes",
+    overlap_encode: bool | None = Field(
+        None,
+        description="continuous batching: encode arrivals on a second thread while the running batch decodes; "
+        "default: when the torch threads leave a core free",
     )
     request_timeout_s: float = Field(30.0, gt=0, description="default deadline: queue + generation")
 

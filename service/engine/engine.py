@@ -258,7 +258,7 @@ class Engine:
 
     def _step(self) -> None:
         rows = len(self.runner)
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), time.thread_time()
         try:
             events = self.runner.step()
         except Exception as exc:
@@ -273,6 +273,7 @@ class Engine:
         now = time.monotonic()
         self.metrics.batch_size.labels(self.name).observe(rows)
         self.metrics.time_per_step.labels(self.name).observe(now - t0)
+        self.metrics.step_cpu.labels(self.name).inc(time.thread_time() - cpu0)
         self._dispatch(events, now)
 
     def _dispatch(self, events: list[StepEvent], now: float) -> None:

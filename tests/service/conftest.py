@@ -30,7 +30,7 @@ def app_client(tiny_store: Path) -> AppClient:
 
     @asynccontextmanager
     async def start(**overrides: Any) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
-        settings = Settings(model_store=tiny_store, threads=1, **overrides)
+        settings = Settings(**{"model_store": tiny_store, "threads": 1, **overrides})
         app = create_app(settings, load_in_background=False)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)

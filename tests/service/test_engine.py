@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import threading
 import time
@@ -247,7 +248,7 @@ async def test_arrivals_are_encoded_beside_the_running_batch(app_client: AppClie
 
 
 async def test_request_expiring_while_encoded_never_joins(app_client: AppClient) -> None:
-    async with app_client() as (client, app):
+    async with app_client(overlap_encode=True) as (client, app):
         gate = threading.Event()
         threads = record_encoding_threads(app, gate=gate)
         long = await start_long_request(client, app)
@@ -265,7 +266,7 @@ async def test_request_expiring_while_encoded_never_joins(app_client: AppClient)
 
 
 async def test_failed_encoding_on_the_encoder_thread_fails_only_its_requests(app_client: AppClient) -> None:
-    async with app_client() as (client, app):
+    async with app_client(overlap_encode=True) as (client, app):
         record_encoding_threads(app, fail=True)
         long = await start_long_request(client, app)
         failed = await client.post("/translate", json={"text": SENTENCES[0]})
@@ -278,3 +279,24 @@ async def test_failed_encoding_on_the_encoder_thread_fails_only_its_requests(app
         assert long_reply.status_code == 200 and len(long_reply.json()["translations"]) == 1
         ok = await client.post("/translate", json={"text": SENTENCES[0], "max_length": 5})
         assert ok.status_code == 200  # an idle engine encodes on its worker
+
+
+async def test_step_cpu_time_is_counted_and_bounded_by_step_wall_time(app_client: AppClient) -> None:
+    async with app_client() as (client, _app):
+        r = await client.post("/translate", json={"text": SENTENCES[3], "min_length": 20, "max_length": 20})
+        assert r.status_code == 200
+        text = (await client.get("/metrics")).text
+        cpu = metric(text, "seq2seq_decode_step_cpu_seconds_total", '{model="translate-de-en"}')
+        wall = metric(text, "seq2seq_decode_step_seconds_sum", '{model="translate-de-en"}')
+        assert 0 < cpu <= wall * 1.05 + 0.01  # the worker thread's own CPU time, within the steps' wall time
+
+
+@pytest.mark.parametrize(("threads", "cores", "expected"), [(1, 2, True), (2, 2, False), (1, 1, False)])
+async def test_encoder_thread_by_default_only_when_a_core_is_free(
+    app_client: AppClient, monkeypatch: pytest.MonkeyPatch, threads: int, cores: int, expected: bool
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    async with app_client(threads=threads) as (_client, app):
+        assert (engine(app)._encoder is not None) is expected
+    async with app_client(threads=threads, overlap_encode=not expected) as (_client, app):
+        assert (engine(app)._encoder is not None) is (not expected)  # an explicit setting wins
