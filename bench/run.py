@@ -497,7 +497,9 @@ def efficiency(modes: dict[str, ModeResult], cfg_model: ModelConfig, peak_gflops
 def _git_revision() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+        # Results written by earlier runs of a series do not change the code being measured.
+        status = ["git", "status", "--porcelain", "--", ".", ":(exclude)bench/results"]
+        dirty = subprocess.run(status, cwd=REPO, capture_output=True, text=True).stdout
     except OSError:
         return "unknown"
     return head.strip() + ("+dirty" if dirty.strip() else "")
