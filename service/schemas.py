@@ -153,6 +153,7 @@ class ModelInfo(BaseModel):
     evaluation: dict[str, Any] | None = None
     device: str | None = None
     quantization: Quantization | None = None  # of the loaded weights; None while not loaded
+    dtype: str | None = None  # floating-point type of weights and activations; None while not loaded
 
 
 class ModelList(BaseModel):

@@ -32,6 +32,7 @@ def model_info(entry: ModelEntry, registry: Registry) -> ModelInfo:
         evaluation=m.get("evaluation"),
         device=str(runner.device) if runner is not None else None,
         quantization=runner.quantization if runner is not None else None,
+        dtype=str(runner.dtype).removeprefix("torch.") if runner is not None else None,
     )
 
 

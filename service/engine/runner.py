@@ -36,22 +36,30 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 class ModelRunner:
-    """Tensor work for one model. Used only from its engine's worker thread."""
+    """Tensor work for one model. Used from its engine's worker thread; :meth:`encode` also from its encoder thread."""
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, quantization: Quantization = "none") -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        device: torch.device,
+        quantization: Quantization = "none",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.loaded = loaded
         self.device = device
         self.quantization = quantization
+        self.dtype = dtype
         self.batch = GenerationBatch(loaded.model, device)
 
     @classmethod
     def load(cls, path: str, device: str = "auto", dtype: str = "auto", quantize: Quantization = "none") -> ModelRunner:
         dev = resolve_device(device)
-        loaded = load_model_dir(path, dev, resolve_dtype(dtype, dev))
+        dt = resolve_dtype(dtype, dev)
+        loaded = load_model_dir(path, dev, dt)
         if quantize == "int8" and dev.type != "cpu":
             raise RuntimeError(f"int8 quantisation runs on the CPU, not on {dev}")
         loaded = replace(loaded, model=optimize_for_inference(loaded.model, quantize))
-        return cls(loaded, dev, quantize)
+        return cls(loaded, dev, quantize, dt)
 
     def __len__(self) -> int:
         return len(self.batch)

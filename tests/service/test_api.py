@@ -79,6 +79,18 @@ async def test_chat_and_stream(app_client: AppClient) -> None:
         assert deltas == final["reply"] == reply["reply"]  # streamed deltas rebuild the same reply
 
 
+async def test_bfloat16_models_serve_the_same_api(app_client: AppClient) -> None:
+    async with app_client(dtype="bfloat16", models=["translate-de-en", "chat-en"]) as (client, _):
+        models = (await client.get("/models")).json()["models"]
+        assert {(m["quantization"], m["dtype"]) for m in models} == {("none", "bfloat16")}
+        reply = await client.post("/translate", json={"texts": [GERMAN, "Hallo"], "beam_size": 3, "n_best": 2})
+        assert reply.status_code == 200
+        for t in reply.json()["translations"]:
+            assert t["finish_reason"] in ("eos", "length") and t["score"] <= 0  # float32 log-probabilities
+        chat = await client.post("/chat", json={"message": "hello"})
+        assert chat.status_code == 200 and chat.json()["reply"] is not None
+
+
 async def test_int8_quantised_models_serve_the_same_api(app_client: AppClient) -> None:
     async with app_client(quantize="int8", models=["translate-de-en", "chat-en"]) as (client, _):
         models = (await client.get("/models")).json()["models"]
@@ -109,7 +121,7 @@ async def test_models_health_metrics_docs(app_client: AppClient) -> None:
         assert by_name["translate-de-en"]["default_for"] == ["translate:de-en"]
         assert by_name["translate-de-en-basic"]["architecture"] == "context-init"
         assert all(m["status"] == "ready" for m in models)
-        assert {(m["device"], m["quantization"]) for m in models} == {("cpu", "none")}
+        assert {(m["device"], m["quantization"], m["dtype"]) for m in models} == {("cpu", "none", "float32")}
         one = await client.get("/models/chat-en")
         assert one.status_code == 200 and one.json()["task"] == "chat"
         missing = await client.get("/models/nope")
