@@ -58,8 +58,8 @@ from bench.report import LevelStats, ModeResult
 from bench.server import ServerProcess
 from seq2seq.checkpoint import read_manifest
 from seq2seq.config import ModelConfig
-from seq2seq.optimize import QUANTIZATIONS
-from service.engine.runner import DTYPES, resolve_device, resolve_dtype
+from seq2seq.optimize import DTYPES, QUANTIZATIONS, dtype_fits
+from service.engine.runner import resolve_device, resolve_dtype
 from service.settings import Settings
 
 log = logging.getLogger("bench")
@@ -206,7 +206,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     unknown = set(modes) - set(MODE_ORDER)
     if unknown or not modes:
         p.error(f"--modes: choose from {', '.join(MODE_ORDER)}")
-    if a.quantize == "int8" and a.dtype not in ("auto", "float32"):
+    if not dtype_fits(a.quantize, a.dtype):
         p.error("--quantize int8 runs float32 activations: leave --dtype at auto or float32")
     label = a.label or dt.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if a.quick else "")
     return BenchConfig(

@@ -30,6 +30,8 @@ from seq2seq.model import Seq2Seq
 
 Quantization = Literal["none", "int8"]
 QUANTIZATIONS: tuple[Quantization, ...] = get_args(Quantization)
+DType = Literal["auto", "float32", "float16", "bfloat16"]  # auto: the serving default of the device
+DTYPES: tuple[DType, ...] = get_args(DType)
 M = TypeVar("M", bound=nn.Module)
 
 
@@ -62,6 +64,11 @@ def optimize_for_inference(model: Seq2Seq, quantization: Quantization = "none") 
             vocab.bias.copy_(decoder.out_bias)
             decoder.vocab = vocab
     return quantize_modules_int8(model)
+
+
+def dtype_fits(quantization: Quantization, dtype: str) -> bool:
+    """Whether weights and activations of ``dtype`` go with ``quantization``: int8 runs float32 activations."""
+    return quantization != "int8" or dtype in ("auto", "float32")
 
 
 def quantize_modules_int8(module: M) -> M:

@@ -12,8 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from seq2seq.optimize import Quantization
-from service.engine.runner import DType
+from seq2seq.optimize import DType, Quantization, dtype_fits
 
 DEFAULT_MODEL_STORE = Path(__file__).resolve().parents[1] / "model_store"
 
@@ -88,7 +87,7 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_beam_size ({self.max_beam_size}) must not exceed max_batch_rows ({self.max_batch_rows})"
             )
-        if self.quantize == "int8" and (self.device == "cuda" or self.dtype not in ("auto", "float32")):
+        if self.quantize == "int8" and (self.device == "cuda" or not dtype_fits(self.quantize, self.dtype)):
             raise ValueError(
                 "quantize=int8 runs on the CPU with float32 activations (device cpu/auto, dtype auto/float32)"
             )

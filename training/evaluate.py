@@ -25,7 +25,7 @@ from seq2seq.config import ModelConfig
 from seq2seq.decoding import DecodeParams
 from seq2seq.generation import GenerationRequest, generate
 from seq2seq.model import Seq2Seq
-from seq2seq.optimize import QUANTIZATIONS, optimize_for_inference
+from seq2seq.optimize import DTYPES, QUANTIZATIONS, dtype_fits, optimize_for_inference
 from seq2seq.tokenizer import Tokenizer
 from training.data import Pair, encode_pairs, load_corpus
 from training.train import corpus_files, evaluate_loss
@@ -115,13 +115,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     p.add_argument(
         "--dtype",
-        choices=("float32", "bfloat16", "float16"),
+        choices=[d for d in DTYPES if d != "auto"],
         default="float32",
         help="weights and activations of the evaluated model (the service's --dtype)",
     )
     p.add_argument("--out", type=Path, help="write the results as JSON here (default: <run-dir>/eval.json)")
     args = p.parse_args(argv)
-    if args.quantize == "int8" and args.dtype != "float32":
+    if not dtype_fits(args.quantize, args.dtype):
         p.error("--quantize int8 runs float32 activations: leave --dtype at float32")
     torch.set_num_threads(args.threads)
     if args.run_dir:

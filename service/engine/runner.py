@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Literal, get_args
 
 import torch
 
@@ -16,9 +15,6 @@ from seq2seq.optimize import Quantization, optimize_for_inference
 from seq2seq.state import DecoderState
 
 log = logging.getLogger("service.runner")
-
-DType = Literal["auto", "float32", "float16", "bfloat16"]
-DTYPES: tuple[DType, ...] = get_args(DType)
 
 
 def resolve_device(device: str) -> torch.device:
