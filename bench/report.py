@@ -134,8 +134,8 @@ class ModeResult:
 
     mode: str
     startup_s: float
-    rss_ready_bytes: int
-    rss_peak_bytes: int = 0
+    memory_ready_bytes: int
+    memory_peak_bytes: int = 0
     levels: list[LevelStats] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -287,13 +287,13 @@ def levels_table(modes: dict[str, ModeResult], phase: str) -> str:
 
 def modes_table(modes: dict[str, ModeResult], mfu: dict[str, float], mfu_total: dict[str, float]) -> str:
     rows = [
-        "| mode | start-up s | RSS ready MiB | RSS peak MiB | max closed req/s | saturation level | tok/s | decoder MFU | MFU incl. encoder |",
+        "| mode | start-up s | PSS ready MiB | PSS peak MiB | max closed req/s | saturation level | tok/s | decoder MFU | MFU incl. encoder |",
         "|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for mode, r in modes.items():
         sat = r.saturation()
         rows.append(
-            f"| {mode} | {r.startup_s:.1f} | {r.rss_ready_bytes / 2**20:.0f} | {r.rss_peak_bytes / 2**20:.0f} "
+            f"| {mode} | {r.startup_s:.1f} | {r.memory_ready_bytes / 2**20:.0f} | {r.memory_peak_bytes / 2**20:.0f} "
             f"| {r.max_closed_rps():.1f} | {sat.phase + ' ' + sat.label if sat else '-'} "
             f"| {_fmt(sat and sat.tokens_per_s, '.0f')} | {_fmt(mfu.get(mode), '.2%')} | {_fmt(mfu_total.get(mode), '.2%')} |"
         )
@@ -413,8 +413,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         "## Modes",
         "",
-        "Start-up: spawn to the first `/health/ready` 200 (models loaded and warmed up). RSS: psutil, at ready "
-        "and the peak of a 0.25 s sampler over the whole mode"
+        "Start-up: spawn to the first `/health/ready` 200 (models loaded and warmed up). Memory: proportional set "
+        "size (PSS) of the server and its engine processes, at ready and the peak of a 1 s sampler over the whole mode"
         + (f" (the chat model {meta['chat_model']} is loaded too)." if meta["chat_model"] else "."),
         "",
         modes_table(modes, _mfu(results, "mfu"), _mfu(results, "mfu_incl_encoder")),
@@ -424,10 +424,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         "## Closed loop",
         "",
         "`max-length replies`: share of replies cut at `max_length` (2 x source + 10 by default): a model that "
-        "repeats itself makes them, and they make the latency tail. `mean batch`: rows per decoder step, `step ms`: time per step, `step on CPU`: share of that time the engine's worker thread ran (the rest it waited, mostly for the GIL held by the HTTP event loop), `decode busy`: share of wall time spent in "
+        "repeats itself makes them, and they make the latency tail. `mean batch`: rows per decoder step, `step ms`: time per step, `step on CPU`: share of that time the engine's worker thread ran (the rest it waited for the GIL: held by the engine's encoder and command threads, and with `--engine-process false` by the HTTP event loop too), `decode busy`: share of wall time spent in "
         "decoder steps, `encode busy`: in encoding admitted requests (on the engine's worker, or beside the steps on "
         "its encoder thread with `--overlap-encode`, so the two can add up to more than 100%), all from the server's `/metrics` "
-        "over the window; CPU: seconds of CPU per second of wall time (1 = one core busy), server and load generator.",
+        "over the window; CPU: seconds of CPU per second of wall time (1 = one core busy), server (with its engine processes) and load generator.",
         "",
         levels_table(modes, "closed"),
         "",

@@ -313,7 +313,7 @@ class ModeBench:
         self.cfg = ctx.cfg
         self.server = server
         self.client = client  # control requests: /metrics, idle checks
-        self.result = ModeResult(mode, server.startup_s, server.rss_ready)
+        self.result = ModeResult(mode, server.startup_s, server.memory_ready)
         self.options: dict[str, Any] = {"beam_size": self.cfg.beam_size}  # decoding options of every request
         if self.cfg.request_timeout is not None:
             self.options["timeout"] = self.cfg.request_timeout
@@ -436,7 +436,7 @@ async def run_modes(ctx: ModeContext) -> dict[str, ModeResult]:
         for mode in cfg.modes:
             log_path = cfg.out / "raw" / cfg.label / f"server-{mode}.log"
             server = await stack.enter_async_context(ServerProcess(server_args(ctx, mode), log_path, REPO))
-            log.info("%s: ready in %.1f s, RSS %.0f MiB", mode, server.startup_s, server.rss_ready / 2**20)
+            log.info("%s: ready in %.1f s, PSS %.0f MiB", mode, server.startup_s, server.memory_ready / 2**20)
             client = await stack.enter_async_context(httpx.AsyncClient(base_url=server.url, timeout=None))
             load = await stack.enter_async_context(HttpClient(server.url))
             benches.append(ModeBench(ctx, mode, server, client, load))  # load: the measured requests
@@ -453,7 +453,7 @@ async def run_modes(ctx: ModeContext) -> dict[str, ModeResult]:
                 for bench in benches:
                     await bench.ttft_level(c)
     for bench in benches:
-        bench.result.rss_peak_bytes = bench.server.rss_peak
+        bench.result.memory_peak_bytes = bench.server.memory_peak
     return {bench.result.mode: bench.result for bench in benches}
 
 

@@ -1,8 +1,10 @@
 """The server under test: ``python -m service`` as a child process on a free loopback port.
 
 Start-up time is measured from spawn to the first ``/health/ready`` 200 (models loaded and
-warmed up). Resident memory comes from psutil: once at ready, and the peak of a sampler
-that runs for the server's whole life. The server's own ``/metrics`` give the batch-side
+warmed up). Memory is the proportional set size (PSS, psutil) of the server and its engine processes:
+once at ready, and the peak of a sampler that runs for the server's whole life. PSS splits
+each shared page among the processes that map it, so the forked engine processes' shared
+torch pages count once; a sum of RSS would count them in every process. The server's own ``/metrics`` give the batch-side
 view of each load level (rows per decoder step, step time, queue depth).
 """
 
@@ -25,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 30.0
-RSS_SAMPLE_S = 0.25
+MEMORY_SAMPLE_S = 1.0  # a PSS reading walks the page tables: ~3 ms per process
 
 
 class ServerError(RuntimeError):
@@ -50,7 +52,7 @@ def parse_metrics(text: str, model: str) -> dict[str, float]:
 
 
 class ServerProcess:
-    """Async context manager: spawn on enter (after which ``startup_s`` and ``rss_ready`` are set), stop on exit."""
+    """Async context manager: spawn on enter (after which ``startup_s`` and ``memory_ready`` are set), stop on exit."""
 
     def __init__(self, args: list[str], log_path: Path, cwd: Path) -> None:
         self.port = free_port()
@@ -60,8 +62,8 @@ class ServerProcess:
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.startup_s = 0.0
-        self.rss_ready = 0
-        self.rss_peak = 0
+        self.memory_ready = 0
+        self.memory_peak = 0
         self._sampler: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ServerProcess:
@@ -98,8 +100,8 @@ class ServerProcess:
                     raise ServerError(f"server not ready after {READY_TIMEOUT_S:g}s:\n{self.log_tail()}")
                 await asyncio.sleep(0.05)
         self.startup_s = time.perf_counter() - t0
-        self.rss_ready = self.rss_peak = self.rss()
-        self._sampler = asyncio.create_task(self._sample_rss())
+        self.memory_ready = self.memory_peak = self.memory()
+        self._sampler = asyncio.create_task(self._sample_memory())
 
     async def stop(self) -> None:
         """SIGTERM (the server drains in-flight requests and exits 0); SIGKILL if it hangs."""
@@ -117,25 +119,25 @@ class ServerProcess:
             self.proc.kill()
             await asyncio.to_thread(self.proc.wait)
 
-    def _process(self) -> psutil.Process:
+    def _processes(self) -> list[psutil.Process]:
+        """The server and the processes it spawned (its engine processes)."""
         assert self.proc is not None
-        return psutil.Process(self.proc.pid)
+        proc = psutil.Process(self.proc.pid)
+        return [proc, *proc.children(recursive=True)]
 
-    def rss(self) -> int:
-        """Resident bytes of the server and any children it spawned."""
-        proc = self._process()
-        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+    def memory(self) -> int:
+        """Proportional set size in bytes of the server and its engine processes."""
+        return sum(p.memory_full_info().pss for p in self._processes())
 
     def cpu_seconds(self) -> float:
-        """User + system CPU seconds of the server so far, all threads."""
-        times = self._process().cpu_times()
-        return times.user + times.system
+        """User + system CPU seconds so far of the server and its engine processes, all threads."""
+        return sum(t.user + t.system for t in (p.cpu_times() for p in self._processes()))
 
-    async def _sample_rss(self) -> None:
+    async def _sample_memory(self) -> None:
         while True:
             with contextlib.suppress(psutil.Error):
-                self.rss_peak = max(self.rss_peak, self.rss())
-            await asyncio.sleep(RSS_SAMPLE_S)
+                self.memory_peak = max(self.memory_peak, self.memory())
+            await asyncio.sleep(MEMORY_SAMPLE_S)
 
     async def metrics(self, client: httpx.AsyncClient, model: str) -> dict[str, float]:
         resp = await client.get(f"{self.url}/metrics")

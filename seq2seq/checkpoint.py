@@ -199,12 +199,7 @@ def load_model_dir(
         config = ModelConfig.from_dict(manifest["model"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{model_dir / MANIFEST}: invalid model config: {exc}") from exc
-    tokenizers = {}
-    for side, file in manifest["tokenizer"].items():
-        try:
-            tokenizers[side] = Tokenizer.load(model_dir / file)
-        except TokenizerError as exc:
-            raise CheckpointError(str(exc)) from exc
+    tokenizers = load_tokenizers(model_dir, manifest)
     for side, size in (("source", config.src_vocab_size), ("target", config.tgt_vocab_size)):
         if tokenizers[side].vocab_size != size:
             raise CheckpointError(
@@ -215,6 +210,17 @@ def load_model_dir(
     load_weights(model, model_dir / WEIGHTS)
     model.to(device=device, dtype=dtype).eval()
     return LoadedModel(model_dir, manifest, config, model, tokenizers["source"], tokenizers["target"])
+
+
+def load_tokenizers(model_dir: Path, manifest: dict[str, Any]) -> dict[str, Tokenizer]:
+    """The ``source`` and ``target`` tokenizers named by ``manifest``."""
+    tokenizers = {}
+    for side, file in manifest["tokenizer"].items():
+        try:
+            tokenizers[side] = Tokenizer.load(model_dir / file)
+        except TokenizerError as exc:
+            raise CheckpointError(str(exc)) from exc
+    return tokenizers
 
 
 def load_weights(model: Seq2Seq, path: Path) -> None:

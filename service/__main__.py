@@ -19,7 +19,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
-from service.settings import Settings
+from service.settings import Settings, configure_logging
 
 log = logging.getLogger("service")
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings(**overrides)
     except ValidationError as exc:
         sys.exit(f"invalid settings:\n{exc}")
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     log.info("settings: %s", json.dumps(settings.model_dump(mode="json")))
     config = uvicorn.Config(
         create_app(settings),

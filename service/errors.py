@@ -32,6 +32,11 @@ class ServiceError(Exception):
         self.details = details
         self.headers = headers or {}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle by state, not by constructor arguments (subclasses take other ones): errors
+        cross from an engine process to the HTTP process."""
+        return _rebuild, (type(self), self.message, self.__dict__)
+
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.details:
@@ -88,3 +93,10 @@ class ClientClosedRequest(ServiceError):
 class InternalError(ServiceError):
     status_code = 500
     code = "internal_error"
+
+
+def _rebuild(cls: type[ServiceError], message: str, state: dict[str, Any]) -> ServiceError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error

@@ -1,17 +1,24 @@
-"""Prometheus metrics of one app instance (its own registry, so tests can build many apps)."""
+"""Prometheus metrics of one app instance (its own registry, so tests can build many apps).
+
+An engine process keeps the engine's metrics in a :class:`Metrics` of its own; ``/metrics``
+merges them into the HTTP process's families with :func:`exposition`.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric, ProcessCollector, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, process: bool = True) -> None:
         self.registry = CollectorRegistry()
-        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu seconds, ...
+        if process:  # process_resident_memory_bytes, cpu seconds, ... (of the HTTP process only)
+            ProcessCollector(registry=self.registry)
         r = self.registry
         self.requests = Counter(
             "seq2seq_requests", "HTTP requests by route and status", ["route", "status"], registry=r
@@ -56,3 +63,23 @@ class Metrics:
             "seq2seq_cancelled", "requests cancelled while queued or running", ["model"], registry=r
         )
         self.engine_errors = Counter("seq2seq_engine_errors", "batches failed by an exception", ["model"], registry=r)
+
+
+class _Families:
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+def exposition(registry: CollectorRegistry, extra: Iterable[Metric] = ()) -> bytes:
+    """The text format of ``registry`` with the samples of ``extra`` families merged in by name
+    (the engine processes' samples carry their own ``model`` label, so they never collide)."""
+    families = {family.name: family for family in registry.collect()}
+    for family in extra:
+        if family.name in families:
+            families[family.name].samples.extend(family.samples)
+        else:
+            families[family.name] = family
+    return generate_latest(_Families(families.values()))  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """Model registry: which models exist in the store, their lifecycle, and default resolution.
 
 The bookkeeping (scan, status, defaults, resolution) is plain Python over manifests; the
-tensor side is a callable that turns a model directory into a started :class:`Engine`,
+tensor side is a callable that turns a model directory into a started engine,
 so tests can exercise the registry without loading a network.
 """
 
@@ -10,18 +10,19 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from seq2seq.checkpoint import CheckpointError, read_manifest, store_versions
-from service.engine.engine import Engine
+from service.engine.handle import EngineHandle
 from service.errors import EngineUnavailable, ModelNotFound
 
 log = logging.getLogger("service.registry")
 
 Status = Literal["loading", "ready", "failed"]
-EngineFactory = Callable[["ModelEntry"], Engine]
+EngineFactory = Callable[["ModelEntry"], EngineHandle]
 
 
 @dataclass
@@ -33,7 +34,7 @@ class ModelEntry:
     manifest: dict[str, Any] = field(default_factory=dict)
     status: Status = "loading"
     error: str | None = None
-    engine: Engine | None = None
+    engine: EngineHandle | None = None
 
     @property
     def task(self) -> str:
@@ -82,19 +83,26 @@ class Registry:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def load_all(self, factory: EngineFactory) -> None:
-        """Load every entry; a model that fails is reported (logs, /models) and the others still serve."""
-        for entry in self.entries.values():
-            if entry.status == "failed":
-                log.error("model %s: %s", entry.name, entry.error)
-                continue
-            try:
-                entry.engine = factory(entry)
-                entry.status = "ready"
-                log.info("model %s@%s ready", entry.name, entry.version)
-            except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
-                entry.status, entry.error = "failed", str(exc)
-                log.error("model %s@%s failed to load: %s", entry.name, entry.version, exc)
+        """Load every entry, all at once; a model that fails is reported (logs, /models) and the others
+        still serve. Concurrent, because an engine process spends most of its start-up importing
+        and loading on its own, and a server of six models would otherwise start them one by one."""
+        with ThreadPoolExecutor(max(1, len(self.entries)), thread_name_prefix="load") as pool:
+            for _ in pool.map(lambda entry: self._load(entry, factory), self.entries.values()):
+                pass
         self._loaded.set()
+
+    @staticmethod
+    def _load(entry: ModelEntry, factory: EngineFactory) -> None:
+        if entry.status == "failed":
+            log.error("model %s: %s", entry.name, entry.error)
+            return
+        try:
+            entry.engine = factory(entry)
+            entry.status = "ready"
+            log.info("model %s@%s ready", entry.name, entry.version)
+        except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
+            entry.status, entry.error = "failed", str(exc)
+            log.error("model %s@%s failed to load: %s", entry.name, entry.version, exc)
 
     @property
     def loaded(self) -> bool:

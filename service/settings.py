@@ -6,6 +6,7 @@ message instead of being silently ignored. The effective values are logged at st
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -53,6 +54,11 @@ class Settings(BaseSettings):
         ge=0,
         description="continuous batching: while a batch runs, gather arrivals at most this long to encode together",
     )
+    engine_process: bool = Field(
+        True,
+        description="run each model's engine in a process of its own, so its decoder steps never wait for "
+        "the HTTP event loop's GIL; false: a worker thread of the HTTP process",
+    )
     overlap_encode: bool | None = Field(
         None,
         description="continuous batching: encode arrivals on a second thread while the running batch decodes; "
@@ -99,3 +105,10 @@ class Settings(BaseSettings):
         if not value.is_dir():
             raise ValueError(f"model store {value} is not a directory")
         return value
+
+
+def configure_logging(settings: Settings) -> None:
+    """One log format for the HTTP process and the engine processes."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+    )

@@ -23,10 +23,10 @@ from fastapi.responses import StreamingResponse
 from seq2seq.generation import Hypothesis
 from seq2seq.tokenizer import IncrementalDetokenizer, Tokenizer
 from service.api.errors import ERROR_RESPONSES
-from service.api.generation import Prepared, prepare, submit, wait_all
+from service.api.generation import Prepared, disconnected, prepare, submit, wait_all
 from service.deps import RegistryDep, SettingsDep
-from service.engine.streams import ErrorEvent, FinalEvent, RequestStream, TokenEvent
-from service.errors import DeadlineExceeded
+from service.engine.streams import ErrorEvent, Event, FinalEvent, RequestStream, TokenEvent
+from service.errors import ClientClosedRequest, DeadlineExceeded
 from service.schemas import ChatRequest, ChatResponse
 
 router = APIRouter(tags=["chat"])
@@ -69,31 +69,61 @@ async def chat(body: ChatRequest, request: Request, registry: RegistryDep, setti
     request.state.model = entry.name
     prepared = prepare(entry, registry, [source_text(body, entry.manifest)], ["message"], body, settings)
     streams = submit(prepared, tokens=body.stream)
-    tokenizer = prepared.engine.runner.loaded.target_tokenizer
+    tokenizer = prepared.engine.info.target_tokenizer
     if not body.stream:
         (hyps,) = await wait_all(prepared, streams, request)
         request.state.generated_tokens = len(hyps[0].tokens)
         return _response(prepared, hyps[0], tokenizer)
+    # The status line waits for the first event, so a request refused before its first token
+    # (queue full, deadline, engine gone) gets its own status (429, 504, 503), not 200 and an
+    # error event: what clients and proxies retry by.
+    stream = streams[0]
+    deadline = asyncio.get_running_loop().time() + prepared.timeout_s + 2.0
+    try:
+        first = await _first_event(prepared, stream, deadline, request)
+        if isinstance(first, ErrorEvent):
+            raise first.error
+    except BaseException:
+        if not stream.closed:  # client gone or deadline: free the rows
+            prepared.engine.abort({stream.request_id})
+        raise
     return StreamingResponse(
-        _events(prepared, streams[0], tokenizer, request),
+        _events(prepared, stream, first, deadline, tokenizer, request),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
+async def _next_event(prepared: Prepared, stream: RequestStream, deadline: float) -> Event:
+    """The stream's next event, or an error event once ``deadline`` (loop time) passes."""
+    timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+    try:
+        return await asyncio.wait_for(stream.next(), timeout=timeout)
+    except TimeoutError:
+        return ErrorEvent(DeadlineExceeded(f"no result within {prepared.timeout_s:g}s"))
+
+
+async def _first_event(prepared: Prepared, stream: RequestStream, deadline: float, request: Request) -> Event:
+    """The first event; a client that disconnects before it raises :class:`ClientClosedRequest`."""
+    event = asyncio.ensure_future(_next_event(prepared, stream, deadline))
+    watcher = asyncio.ensure_future(disconnected(request))
+    try:
+        await asyncio.wait({event, watcher}, return_when="FIRST_COMPLETED")
+        if event.done():
+            return event.result()
+        raise ClientClosedRequest("the client disconnected; generation was cancelled")
+    finally:
+        event.cancel()
+        watcher.cancel()
+
+
 async def _events(
-    prepared: Prepared, stream: RequestStream, tokenizer: Tokenizer, request: Request
+    prepared: Prepared, stream: RequestStream, first: Event, deadline: float, tokenizer: Tokenizer, request: Request
 ) -> AsyncIterator[str]:
     detok = IncrementalDetokenizer(tokenizer)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + prepared.timeout_s + 2.0
+    event = first
     try:
         while True:
-            try:
-                event = await asyncio.wait_for(stream.next(), timeout=max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                yield sse("error", DeadlineExceeded(f"no result within {prepared.timeout_s:g}s").body())
-                return
             if isinstance(event, TokenEvent):
                 delta = detok.push(event.token)
                 if delta:
@@ -106,6 +136,7 @@ async def _events(
             elif isinstance(event, ErrorEvent):
                 yield sse("error", event.error.body())
                 return
+            event = await _next_event(prepared, stream, deadline)
     finally:
         if not stream.closed:  # client gone or deadline: free the rows
             prepared.engine.abort({stream.request_id})

@@ -17,7 +17,7 @@ from fastapi import Request
 from seq2seq.decoding import DecodeParams
 from seq2seq.generation import GenerationRequest, Hypothesis
 from seq2seq.tokenizer import Tokenizer
-from service.engine.engine import Engine
+from service.engine.handle import EngineHandle
 from service.engine.streams import RequestStream
 from service.errors import ClientClosedRequest, DeadlineExceeded, EngineUnavailable, InvalidRequest
 from service.registry import ModelEntry, Registry
@@ -28,7 +28,7 @@ from service.settings import Settings
 @dataclass
 class Prepared:
     entry: ModelEntry
-    engine: Engine
+    engine: EngineHandle
     requests: list[GenerationRequest]
     timeout_s: float
 
@@ -37,7 +37,7 @@ class Prepared:
         return sum(len(r.src_ids) for r in self.requests)
 
 
-def ready_engine(entry: ModelEntry, registry: Registry) -> Engine:
+def ready_engine(entry: ModelEntry, registry: Registry) -> EngineHandle:
     if registry.draining:
         raise EngineUnavailable("the server is shutting down")
     if not entry.ready or entry.engine is None:
@@ -87,7 +87,7 @@ def prepare(
 ) -> Prepared:
     """Check and tokenize ``texts`` for ``entry``'s model; nothing is queued yet."""
     engine = ready_engine(entry, registry)
-    tokenizer: Tokenizer = engine.runner.loaded.source_tokenizer
+    tokenizer: Tokenizer = engine.info.source_tokenizer
     requests = []
     for text, field in zip(texts, fields, strict=True):
         ids = tokenizer.encode(check_text(text, field, settings))
@@ -111,7 +111,7 @@ def submit(prepared: Prepared, tokens: bool = False) -> list[RequestStream]:
     return streams
 
 
-async def _disconnected(request: Request) -> None:
+async def disconnected(request: Request) -> None:
     """Returns when the client disconnects. The body has been read, so the server's next ASGI
     message for this request is the disconnect: waiting on it costs nothing, unlike polling
     ``is_disconnected()`` for every open request several times a second."""
@@ -123,7 +123,7 @@ async def wait_all(prepared: Prepared, streams: list[RequestStream], request: Re
     """Results of every stream, in order. A client that disconnects, or a deadline that passes,
     aborts the requests so their rows leave the batch at the next step."""
     results = asyncio.ensure_future(asyncio.gather(*(s.final() for s in streams)))
-    watcher = asyncio.ensure_future(_disconnected(request))
+    watcher = asyncio.ensure_future(disconnected(request))
     try:
         # The engine enforces the deadline itself; this is the safety net if it cannot.
         done, _ = await asyncio.wait(

@@ -15,7 +15,7 @@ router = APIRouter(prefix="/models", tags=["models"])
 def model_info(entry: ModelEntry, registry: Registry) -> ModelInfo:
     m = entry.manifest
     defaults = [key for key, name in registry.defaults().items() if name == entry.name]
-    runner = entry.engine.runner if entry.engine is not None else None
+    info = entry.engine.info if entry.engine is not None else None
     return ModelInfo(
         name=entry.name,
         version=entry.version,
@@ -30,9 +30,9 @@ def model_info(entry: ModelEntry, registry: Registry) -> ModelInfo:
         default_for=defaults,
         description=m.get("description"),
         evaluation=m.get("evaluation"),
-        device=str(runner.device) if runner is not None else None,
-        quantization=runner.quantization if runner is not None else None,
-        dtype=str(runner.dtype).removeprefix("torch.") if runner is not None else None,
+        device=info.device if info is not None else None,
+        quantization=info.quantization if info is not None else None,
+        dtype=info.dtype if info is not None else None,
     )
 
 

@@ -24,7 +24,7 @@ async def translate(body: TranslateRequest, request: Request, registry: Registry
     fields = ["text"] if body.text is not None else [f"texts[{i}]" for i in range(len(texts))]
     prepared = prepare(entry, registry, texts, fields, body, settings)
     results = await wait_all(prepared, submit(prepared), request)
-    tokenizer = prepared.engine.runner.loaded.target_tokenizer
+    tokenizer = prepared.engine.info.target_tokenizer
     translations = []
     for hyps in results:
         best = hyps[0]

@@ -22,11 +22,13 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from prometheus_client import Metric
+
 from seq2seq.generation import GenerationRequest, StepEvent
 from seq2seq.state import DecoderState
 from service.engine.runner import ModelRunner
 from service.engine.scheduler import Decision, Policy, QueueFull, Scheduler, WorkItem
-from service.engine.streams import ErrorEvent, Event, FinalEvent, RequestStream, TokenEvent, publish
+from service.engine.streams import ErrorEvent, Event, FinalEvent, Publish, Stream, TokenEvent, publish
 from service.errors import DeadlineExceeded, EngineUnavailable, InternalError, Overloaded, ServiceError
 from service.metrics import Metrics
 
@@ -36,7 +38,7 @@ log = logging.getLogger("service.engine")
 @dataclass
 class _Job:
     request: GenerationRequest
-    stream: RequestStream
+    stream: Stream
     submitted: float
     first_token_seen: bool = False
 
@@ -66,10 +68,13 @@ class Engine:
         max_delay_s: float = 0.01,
         admit_delay_s: float = 0.0,
         overlap_encode: bool = False,
+        publish: Publish = publish,
     ) -> None:
         self.name = name
         self.runner = runner
+        self.info = runner.info
         self.metrics = metrics
+        self._publish = publish
         self.scheduler = Scheduler(policy, max_rows, max_tokens, max_queue, max_delay_s, admit_delay_s)
         self._cv = threading.Condition()
         self._running: dict[str, WorkItem] = {}  # admitted: in the batch, or being encoded
@@ -91,6 +96,11 @@ class Engine:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self.dead is None
 
+    def wait(self) -> None:
+        """Block until the worker exits: stopped, or dead (then :attr:`dead` says why)."""
+        if self._thread is not None:
+            self._thread.join()
+
     def stop(self, grace_s: float = 0.0) -> None:
         """Stop accepting; let queued and running requests finish for up to ``grace_s``; fail the rest."""
         with self._cv:
@@ -110,7 +120,7 @@ class Engine:
         self._fail_all(EngineUnavailable(f"model {self.name} is shutting down"))
 
     # -- requests ----------------------------------------------------------------------------
-    def submit(self, requests: list[GenerationRequest], streams: list[RequestStream], timeout_s: float) -> None:
+    def submit(self, requests: list[GenerationRequest], streams: list[Stream], timeout_s: float) -> None:
         """Queue ``requests`` (all or none); their events arrive on ``streams``."""
         now = time.monotonic()
         items = [
@@ -134,6 +144,9 @@ class Engine:
         with self._cv:
             self._aborts |= request_ids
             self._cv.notify_all()
+
+    async def metric_families(self) -> list[Metric]:
+        return []  # its metrics are in the app's own registry
 
     @property
     def queue_depth(self) -> int:
@@ -278,7 +291,7 @@ class Engine:
 
     def _dispatch(self, events: list[StepEvent], now: float) -> None:
         tokens = 0
-        out: list[tuple[RequestStream, Event]] = []
+        out: list[tuple[Stream, Event]] = []
         for event in events:
             item = self._running.get(event.request_id)
             if item is None:
@@ -298,15 +311,14 @@ class Engine:
                     self.metrics.ttft.labels(self.name).observe(now - job.submitted)
                 self._avg_service_s = 0.9 * self._avg_service_s + 0.1 * (now - job.submitted)
                 out.append((job.stream, FinalEvent(event.finished)))
-        publish(out)
+        self._publish(out)
         self.metrics.generated_tokens.labels(self.name).inc(tokens)
         if not self._running:
             with self._cv:
                 self._cv.notify_all()
 
-    @staticmethod
-    def _finish(item: WorkItem, event: FinalEvent | ErrorEvent) -> None:
-        item.payload.stream.put(event)
+    def _finish(self, item: WorkItem, event: FinalEvent | ErrorEvent) -> None:
+        self._publish([(item.payload.stream, event)])
 
     def _fail_all(self, error: ServiceError) -> None:
         with self._cv:

@@ -13,6 +13,7 @@ from seq2seq.decoding import DecodeParams
 from seq2seq.generation import GenerationBatch, GenerationRequest, StepEvent, generate
 from seq2seq.optimize import Quantization, optimize_for_inference
 from seq2seq.state import DecoderState
+from service.engine.handle import EngineInfo
 
 log = logging.getLogger("service.runner")
 
@@ -59,6 +60,16 @@ class ModelRunner:
 
     def __len__(self) -> int:
         return len(self.batch)
+
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo(
+            self.loaded.source_tokenizer,
+            self.loaded.target_tokenizer,
+            str(self.device),
+            str(self.dtype).removeprefix("torch."),
+            self.quantization,
+        )
 
     def encode(self, requests: Sequence[GenerationRequest]) -> DecoderState:
         """Encode ``requests`` for :meth:`join`; safe on another thread while the batch steps."""

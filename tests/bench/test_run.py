@@ -70,7 +70,7 @@ def test_tiny_real_run_writes_every_output(tiny_store: Path, tmp_path: Path) -> 
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["modes"]) == {"continuous", "none"}
     for mode in saved["modes"].values():
-        assert mode["startup_s"] > 0 and mode["rss_peak_bytes"] >= mode["rss_ready_bytes"] > 0
+        assert mode["startup_s"] > 0 and mode["memory_peak_bytes"] >= mode["memory_ready_bytes"] > 0
         closed = [lvl for lvl in mode["levels"] if lvl["phase"] == "closed"]
         assert [lvl["level"] for lvl in closed] == [1, 4]
         assert all(lvl["ok"] > 0 and not lvl["errors"] and lvl["tokens_per_s"] > 0 for lvl in closed)
