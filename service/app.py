@@ -52,6 +52,13 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
         def load_models() -> None:
             registry.load_all(factory)
             freeze_startup_heap()
+            if settings.restart_engines:
+                threading.Thread(
+                    target=registry.supervise,
+                    args=(factory, lambda name: metrics.engine_restarts.labels(name).inc()),
+                    name="model-supervisor",
+                    daemon=True,
+                ).start()
 
         if load_in_background:  # /health/live answers while models load; /health/ready waits for them
             threading.Thread(target=load_models, name="model-loader", daemon=True).start()

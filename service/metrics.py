@@ -63,6 +63,9 @@ class Metrics:
             "seq2seq_cancelled", "requests cancelled while queued or running", ["model"], registry=r
         )
         self.engine_errors = Counter("seq2seq_engine_errors", "batches failed by an exception", ["model"], registry=r)
+        self.engine_restarts = Counter(
+            "seq2seq_engine_restarts", "engines restarted after their worker or process died", ["model"], registry=r
+        )
 
 
 class _Families:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from service.errors import EngineUnavailable, ModelNotFound
 log = logging.getLogger("service.registry")
 
 Status = Literal["loading", "ready", "failed"]
+CRASH_WINDOW_S = 300.0  # crashes older than this no longer lengthen the wait before a restart
+MAX_RESTART_DELAY_S = 60.0
 EngineFactory = Callable[["ModelEntry"], EngineHandle]
 
 
@@ -35,6 +38,8 @@ class ModelEntry:
     status: Status = "loading"
     error: str | None = None
     engine: EngineHandle | None = None
+    crashes: list[float] = field(default_factory=list)  # monotonic times of recent crashes and failed restarts
+    _crashed: EngineHandle | None = field(default=None, repr=False)  # the dead engine already counted
 
     @property
     def task(self) -> str:
@@ -47,6 +52,11 @@ class ModelEntry:
     def beam_bleu(self) -> float:
         evaluation = self.manifest.get("evaluation") or {}
         return float((evaluation.get("beam") or {}).get("bleu", 0.0))
+
+
+def restart_delay(crashes: int) -> float:
+    """Seconds between a model's latest crash and its restart: 1, 2, 4, ... up to a minute."""
+    return min(MAX_RESTART_DELAY_S, 2.0 ** max(0, crashes - 1))
 
 
 def scan_store(store: Path, wanted: list[str]) -> list[ModelEntry]:
@@ -80,6 +90,7 @@ class Registry:
         self.entries: dict[str, ModelEntry] = {e.name: e for e in scan_store(store, wanted or [])}
         self.draining = False
         self._loaded = threading.Event()
+        self._stopping = threading.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def load_all(self, factory: EngineFactory) -> None:
@@ -115,7 +126,50 @@ class Registry:
         """All requested models loaded, warmed up and with a live worker; not draining."""
         return self.loaded and not self.draining and bool(self.entries) and all(e.ready for e in self.entries.values())
 
+    def supervise(self, factory: EngineFactory, on_restart: Callable[[str], None], interval_s: float = 0.5) -> None:
+        """Restart the engines whose worker or process died, until :meth:`stop` (runs on a thread).
+
+        A model that keeps crashing backs off (:func:`restart_delay` over its crashes of the
+        last :data:`CRASH_WINDOW_S`). Until it is back, its requests get 503 with ``Retry-After``
+        and readiness reports it dead, so load balancers send its traffic to other replicas.
+        """
+        while not self._stopping.wait(interval_s):
+            for entry in self.entries.values():
+                if self.draining or self._stopping.is_set():
+                    return
+                engine = entry.engine
+                if entry.status != "ready" or engine is None or engine.alive:
+                    continue
+                now = time.monotonic()
+                if entry._crashed is not engine:  # a new death
+                    entry._crashed = engine
+                    entry.crashes = [t for t in entry.crashes if t > now - CRASH_WINDOW_S] + [now]
+                    log.error(
+                        "model %s: its engine died (%r); restarting in %gs",
+                        entry.name,
+                        engine.dead,
+                        restart_delay(len(entry.crashes)),
+                    )
+                if now >= entry.crashes[-1] + restart_delay(len(entry.crashes)):
+                    self._restart(entry, factory, on_restart)
+
+    @staticmethod
+    def _restart(entry: ModelEntry, factory: EngineFactory, on_restart: Callable[[str], None]) -> None:
+        assert entry.engine is not None
+        entry.engine.stop(0)  # frees what is left: threads, the process, requests not yet failed
+        try:
+            entry.engine = factory(entry)
+        except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
+            entry.crashes.append(time.monotonic())
+            log.error(
+                "model %s: restart failed (next try in %gs): %s", entry.name, restart_delay(len(entry.crashes)), exc
+            )
+            return
+        on_restart(entry.name)
+        log.info("model %s@%s restarted", entry.name, entry.version)
+
     def stop(self, grace_s: float) -> None:
+        self._stopping.set()
         for entry in self.entries.values():
             if entry.engine is not None:
                 entry.engine.stop(grace_s)

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
         description="run each model's engine in a process of its own, so its decoder steps never wait for "
         "the HTTP event loop's GIL; false: a worker thread of the HTTP process",
     )
+    restart_engines: bool = Field(
+        True, description="restart a model's engine when its worker or process dies, backing off from 1 s to 60 s"
+    )
     overlap_encode: bool | None = Field(
         None,
         description="continuous batching: encode arrivals on a second thread while the running batch decodes; "

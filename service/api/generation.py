@@ -40,6 +40,8 @@ class Prepared:
 def ready_engine(entry: ModelEntry, registry: Registry) -> EngineHandle:
     if registry.draining:
         raise EngineUnavailable("the server is shutting down")
+    if entry.status == "ready" and entry.engine is not None and not entry.engine.alive:
+        raise EngineUnavailable(f"model {entry.name} is unavailable: its engine died ({entry.engine.dead!r})")
     if not entry.ready or entry.engine is None:
         reason = f": {entry.error}" if entry.error else ""
         raise EngineUnavailable(f"model {entry.name} is {entry.status}{reason}", retry_after_s=5)

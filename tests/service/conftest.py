@@ -30,9 +30,10 @@ def app_client(tiny_store: Path) -> AppClient:
 
     @asynccontextmanager
     async def start(**overrides: Any) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
-        # In-process engines by default: tests reach into the engine (slow steps, injected faults);
-        # tests/service/test_engine_process.py covers engines in their own processes.
-        settings = Settings(**{"model_store": tiny_store, "threads": 1, "engine_process": False, **overrides})
+        # In-process engines that stay dead by default: tests reach into the engine (slow steps,
+        # injected faults); tests/service/test_engine_process.py covers engine processes and restarts.
+        defaults = {"model_store": tiny_store, "threads": 1, "engine_process": False, "restart_engines": False}
+        settings = Settings(**{**defaults, **overrides})
         app = create_app(settings, load_in_background=False)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)

@@ -300,3 +300,24 @@ async def test_encoder_thread_by_default_only_when_a_core_is_free(
         assert (engine(app)._encoder is not None) is expected
     async with app_client(threads=threads, overlap_encode=not expected) as (_client, app):
         assert (engine(app)._encoder is not None) is (not expected)  # an explicit setting wins
+
+
+async def test_a_dead_worker_is_restarted(app_client: AppClient) -> None:
+    async with app_client(restart_engines=True) as (client, app):
+        dead = engine(app)
+
+        def die():
+            raise EngineDead("simulated fatal failure")
+
+        dead.runner.step = die  # type: ignore[method-assign]
+        r = await client.post("/translate", json={"text": SENTENCES[0], "model": "translate-de-en"})
+        assert r.status_code == 503
+        for _ in range(100):  # the first restart waits 1 s
+            await asyncio.sleep(0.05)
+            if (await client.get("/health/ready")).status_code == 200:
+                break
+        assert engine(app) is not dead and engine(app).alive
+        ok = await client.post("/translate", json={"text": SENTENCES[0], "model": "translate-de-en"})
+        assert ok.status_code == 200
+        text = (await client.get("/metrics")).text
+        assert metric(text, "seq2seq_engine_restarts_total", '{model="translate-de-en"}') == 1

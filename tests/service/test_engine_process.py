@@ -106,6 +106,7 @@ async def test_a_killed_engine_process_fails_its_requests_and_readiness(app_clie
         assert not victim.alive
         again = await client.post("/translate", json={"text": SENTENCES[0], "model": "translate-de-en"})
         assert again.status_code == 503 and again.json()["error"]["code"] == "unavailable"
+        assert "engine died" in again.json()["error"]["message"]
         ready = await client.get("/health/ready")
         assert ready.status_code == 503
         assert ready.json()["error"]["details"]["models"]["translate-de-en"] == "dead"
@@ -143,3 +144,23 @@ def test_service_errors_cross_processes_intact() -> None:
             error.body(),
         )
     assert pickle.loads(pickle.dumps(Overloaded("x", retry_after_s=7))).retry_after_s == 7
+
+
+async def test_a_dead_engine_process_is_restarted(app_client: AppClient) -> None:
+    async with app_client(engine_process=True, restart_engines=True) as (client, app):
+        victim = engine_process(app)
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGKILL)
+        for _ in range(200):  # the first restart waits 1 s
+            await asyncio.sleep(0.05)
+            if (await client.get("/health/ready")).status_code == 200:
+                break
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 200, ready.text
+        revived = engine_process(app)
+        assert revived is not victim and revived.alive and revived.pid != victim.pid
+        r = await client.post("/translate", json={"text": SENTENCES[0], "max_length": 20})
+        assert r.status_code == 200
+        text = (await client.get("/metrics")).text
+        assert metric(text, "seq2seq_engine_restarts_total", '{model="translate-de-en"}') == 1
+        assert metric(text, "seq2seq_engine_restarts_total", '{model="chat-en"}') == 0

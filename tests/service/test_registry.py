@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from service import registry as registry_module
 from service.errors import EngineUnavailable, ModelNotFound
 from service.registry import Registry, scan_store
 
@@ -62,3 +63,61 @@ def test_a_model_still_loading_is_503_not_404(store: Path) -> None:
         registry.resolve("translate", None, "de", "en")
     with pytest.raises(ModelNotFound):
         registry.resolve("translate", None, "fr", "en")  # nothing for this pair exists at all
+
+
+def test_supervise_restarts_dead_engines_with_backoff(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(registry_module.time, "monotonic", lambda: clock["now"])
+
+    class FakeEngine:
+        dead = None
+
+        def __init__(self) -> None:
+            self.alive = True
+            self.stopped = False
+
+        def stop(self, grace_s: float = 0.0) -> None:
+            self.stopped = True
+
+    built: list[FakeEngine] = []
+    failing = {"on": False}
+
+    def factory(entry):
+        if failing["on"]:
+            raise RuntimeError("cannot load")
+        built.append(FakeEngine())
+        return built[-1]
+
+    registry = Registry(store, ["translate-de-en"])
+    registry.load_all(factory)
+    entry = registry.entries["translate-de-en"]
+    restarted: list[str] = []
+
+    def tick(seconds: float) -> None:
+        """Advance the clock, then run one round of supervision."""
+        clock["now"] += seconds
+        registry._stopping.clear()
+        waits = iter([False, True])  # one round, then stop
+        monkeypatch.setattr(registry._stopping, "wait", lambda timeout: next(waits))
+        registry.supervise(factory, restarted.append)
+
+    built[0].alive = False
+    tick(0.1)
+    assert entry.engine is built[0] and not restarted  # the first restart waits 1 s
+    tick(1.0)
+    assert built[0].stopped and entry.engine is built[1] and restarted == ["translate-de-en"]
+    built[1].alive = False
+    failing["on"] = True
+    tick(0.1)
+    tick(2.0)  # second crash: 2 s; the restart fails
+    assert entry.engine is built[1] and len(entry.crashes) == 3
+    failing["on"] = False
+    tick(2.0)  # third: 4 s, not yet
+    assert entry.engine is built[1]
+    tick(2.0)
+    assert entry.engine is built[2] and restarted == ["translate-de-en"] * 2
+    tick(400.0)  # old crashes age out of the window
+    built[2].alive = False
+    tick(0.1)
+    tick(1.0)
+    assert entry.engine is built[3] and entry.crashes == [clock["now"] - 1.0]
