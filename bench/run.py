@@ -437,7 +437,10 @@ async def run_modes(ctx: ModeContext) -> dict[str, ModeResult]:
             log_path = cfg.out / "raw" / cfg.label / f"server-{mode}.log"
             server = await stack.enter_async_context(ServerProcess(server_args(ctx, mode), log_path, REPO))
             log.info("%s: ready in %.1f s, PSS %.0f MiB", mode, server.startup_s, server.memory_ready / 2**20)
-            client = await stack.enter_async_context(httpx.AsyncClient(base_url=server.url, timeout=None))
+            # Idle connections are dropped well before uvicorn's 5 s keep-alive closes them: a
+            # snapshot sent on a connection the server is closing fails with "Server disconnected".
+            control = httpx.AsyncClient(base_url=server.url, timeout=None, limits=httpx.Limits(keepalive_expiry=1.0))
+            client = await stack.enter_async_context(control)
             load = await stack.enter_async_context(HttpClient(server.url))
             benches.append(ModeBench(ctx, mode, server, client, load))  # load: the measured requests
         for c in cfg.concurrency:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -41,8 +42,12 @@ def overlap_encode(settings: Settings) -> bool:
 
 
 def build_engine(name: str, path: Path, settings: Settings, metrics: Metrics, publish: Publish = publish) -> Engine:
-    runner = ModelRunner.load(str(path), settings.device, settings.dtype, settings.quantize)
-    runner.warmup()
+    # Loaded and warmed up on a thread that then exits. A thread that ran torch ops keeps its
+    # OpenMP team, and with more OpenMP threads alive than cores libgomp stops spinning between
+    # parallel regions: every op of a 2-thread worker then waited for wake-ups (measured: int8
+    # with --threads 2 decoded at half speed when an engine process loaded on its main thread).
+    with ThreadPoolExecutor(1, thread_name_prefix="load") as loader:
+        runner = loader.submit(load_runner, path, settings).result()
     engine = Engine(
         name,
         runner,
@@ -58,6 +63,12 @@ def build_engine(name: str, path: Path, settings: Settings, metrics: Metrics, pu
     )
     engine.start()
     return engine
+
+
+def load_runner(path: Path, settings: Settings) -> ModelRunner:
+    runner = ModelRunner.load(str(path), settings.device, settings.dtype, settings.quantize)
+    runner.warmup()
+    return runner
 
 
 def freeze_startup_heap() -> None:
