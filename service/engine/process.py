@@ -242,7 +242,11 @@ class _Pipe:
 
 def serve(conn: Connection, name: str, path: Path, settings: Settings) -> None:
     """Main function of an engine process: load, report ready, then serve commands until stopped."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the HTTP process drains us
+    # Ctrl-C reaches the whole process group, and systemd's stop sends SIGTERM to every process
+    # of the service: the HTTP process drains its engines, which end on its "stop" or when its
+    # end of the pipe closes, never half-way through the drain.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(settings)
     torch.set_num_threads(torch_threads(settings))
     pipe = _Pipe(conn)

@@ -164,3 +164,17 @@ async def test_a_dead_engine_process_is_restarted(app_client: AppClient) -> None
         text = (await client.get("/metrics")).text
         assert metric(text, "seq2seq_engine_restarts_total", '{model="translate-de-en"}') == 1
         assert metric(text, "seq2seq_engine_restarts_total", '{model="chat-en"}') == 0
+
+
+async def test_an_engine_process_ignores_sigterm_and_sigint(app_client: AppClient) -> None:
+    """systemd stops a service with SIGTERM to all its processes: the HTTP process drains the
+    engines, so they must outlive the signal."""
+    async with app_client(engine_process=True) as (client, app):
+        engine = engine_process(app)
+        assert engine.pid is not None
+        os.kill(engine.pid, signal.SIGTERM)
+        os.kill(engine.pid, signal.SIGINT)
+        await asyncio.sleep(0.3)
+        assert engine.alive
+        r = await client.post("/translate", json={"text": SENTENCES[0], "max_length": 20})
+        assert r.status_code == 200
