@@ -397,7 +397,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"- machine: {meta['cpu']}, {meta['cpu_count']} CPUs; device {meta['device']} ({meta['dtype']}"
         f"{', int8 dynamic quantisation' if meta.get('quantize') == 'int8' else ''}), "
         f"{meta['threads']} torch thread(s) for server, bare model and matmul peak; torch {meta['torch']}, "
-        f"Python {meta['python']}",
+        f"Python {meta['python']}; the server's engines "
+        f"{'in processes of their own' if meta.get('engine_process', False) else 'on threads of the HTTP process'}",
         f"- load average before / after: {_loadavg(meta['loadavg_before'])} / {_loadavg(meta['loadavg_after'])} "
         "(anything near the CPU count means other processes shared the machine: treat numbers as provisional)",
         f"- model: {meta['model']} ({meta['parameters']} parameters; {cfg['architecture']}, E={cfg['emb_dim']}, "

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import httpx
 import torch
+from pydantic import TypeAdapter
 
 try:
     import uvloop
@@ -245,6 +246,12 @@ def _server_flag(args: list[str], flag: str) -> str | None:
         if arg.startswith(flag + "="):
             return arg.split("=", 1)[1]
     return None
+
+
+def server_engine_process(args: list[str]) -> bool:
+    """Whether the server runs its engines in processes of their own (its ``--engine-process``)."""
+    flag = _server_flag(args, "--engine-process") or os.environ.get("SEQ2SEQ_ENGINE_PROCESS")
+    return TypeAdapter(bool).validate_python(flag) if flag else Settings.model_fields["engine_process"].default
 
 
 def model_dir(store: Path, spec: str) -> Path:
@@ -591,6 +598,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "dtype": str(dtype).removeprefix("torch."),
         "quantize": cfg.quantize,
         "threads": cfg.threads,
+        "engine_process": server_engine_process(cfg.server_args),
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
         "model": f"{manifest['name']}@{manifest['version']}",

@@ -166,5 +166,8 @@ def test_outputs_are_strict_json_markdown_and_png(tmp_path) -> None:
     text = report.render_markdown(results)
     assert "## Targets" in text and "| continuous | c=128 | 150.0 |" in text
     assert "Skipped: no chat model" in text
+    assert "the server's engines on threads of the HTTP process" in text  # results from before engine processes
+    results["meta"]["engine_process"] = True
+    assert "the server's engines in processes of their own" in report.render_markdown(results)
     report.plot_latency_vs_throughput(modes, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import run
-from bench.run import Rate
+from bench.run import Rate, server_engine_process
 from tests.tiny_models import make_tiny_store
 
 
@@ -112,3 +112,12 @@ def test_c1_vs_bare_compares_medians_of_the_pairs() -> None:
     assert c1["server_p50_ms"] == pytest.approx(50.0) and c1["bare_p50_ms"] == pytest.approx(40.0)
     assert c1["ratio"] == pytest.approx(1.25)
     assert run.c1_vs_bare([]) is None
+
+
+def test_the_report_says_where_the_engines_ran(monkeypatch) -> None:
+    monkeypatch.delenv("SEQ2SEQ_ENGINE_PROCESS", raising=False)
+    assert server_engine_process([]) is True  # the server's default
+    assert server_engine_process(["--engine-process", "false"]) is False
+    assert server_engine_process(["--threads", "1", "--engine-process=0"]) is False
+    monkeypatch.setenv("SEQ2SEQ_ENGINE_PROCESS", "false")
+    assert server_engine_process([]) is False
