@@ -47,7 +47,8 @@ class Metrics:
             registry=r,
         )
         # Against the steps' wall time (seq2seq_decode_step_seconds_sum): the rest of a step is
-        # the worker waiting, mostly for the GIL that the HTTP event loop holds between its ops.
+        # the worker waiting for the GIL, held by the engine's other threads and, with in-process
+        # engines, by the HTTP event loop between its ops.
         self.step_cpu = Counter(
             "seq2seq_decode_step_cpu_seconds", "CPU time of the worker thread in decoder steps", ["model"], registry=r
         )

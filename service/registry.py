@@ -25,6 +25,7 @@ log = logging.getLogger("service.registry")
 Status = Literal["loading", "ready", "failed"]
 CRASH_WINDOW_S = 300.0  # crashes older than this no longer lengthen the wait before a restart
 MAX_RESTART_DELAY_S = 60.0
+LOAD_ERRORS = (CheckpointError, OSError, RuntimeError, ValueError)  # a model that cannot load; the others serve on
 EngineFactory = Callable[["ModelEntry"], EngineHandle]
 
 
@@ -111,7 +112,7 @@ class Registry:
             entry.engine = factory(entry)
             entry.status = "ready"
             log.info("model %s@%s ready", entry.name, entry.version)
-        except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
+        except LOAD_ERRORS as exc:
             entry.status, entry.error = "failed", str(exc)
             log.error("model %s@%s failed to load: %s", entry.name, entry.version, exc)
 
@@ -159,7 +160,7 @@ class Registry:
         entry.engine.stop(0)  # frees what is left: threads, the process, requests not yet failed
         try:
             entry.engine = factory(entry)
-        except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
+        except LOAD_ERRORS as exc:
             entry.crashes.append(time.monotonic())
             log.error(
                 "model %s: restart failed (next try in %gs): %s", entry.name, restart_delay(len(entry.crashes)), exc

@@ -11,8 +11,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch
-
 from service.engine.engine import Engine
 from service.engine.runner import ModelRunner
 from service.engine.streams import Publish, publish
@@ -38,7 +36,7 @@ def overlap_encode(settings: Settings) -> bool:
     """
     if settings.overlap_encode is not None:
         return settings.overlap_encode
-    return torch.get_num_threads() < (os.cpu_count() or 1)
+    return torch_threads(settings) < (os.cpu_count() or 1)
 
 
 def build_engine(name: str, path: Path, settings: Settings, metrics: Metrics, publish: Publish = publish) -> Engine:

@@ -4,8 +4,10 @@ In one process each of the ~60 PyTorch calls of a decoder step releases the GIL 
 win it back from the event loop (HTTP parsing, validation, tokenisation); under load about
 a fifth of every step went to that wait (``seq2seq_decode_step_cpu_seconds`` against the
 steps' wall time). As vLLM does with its engine core, :class:`EngineProcess` runs the
-model's :class:`~service.engine.engine.Engine` in a spawned child process and talks to it
-over a pipe:
+model's :class:`~service.engine.engine.Engine` in a child process and talks to it over a
+pipe. The children fork from one server process that imported torch once (``forkserver``):
+against spawning each, six models start in 3.3 s instead of 7.0 s, with 0.95 GB of PSS
+instead of 1.42. The messages:
 
 - HTTP process to engine: ``submit`` (requests, which of them stream tokens, timeout),
   ``abort``, ``metrics`` (a ``/metrics`` scrape), ``stop`` (drain, then exit);

@@ -62,9 +62,8 @@ class RequestStream(Stream):
 
     def deliver(self, event: Event) -> None:
         """Hand over ``event`` from the stream's own event loop (no thread hop)."""
-        if isinstance(event, FinalEvent | ErrorEvent):
-            self.closed = True
-        self._queue.put_nowait(event)
+        for _, wanted in outgoing([(self, event)]):
+            self._queue.put_nowait(wanted)
 
     async def next(self) -> Event:
         return await self._queue.get()
