@@ -84,10 +84,17 @@ class _Sequence:
         return len(self.histories[0])
 
 
+DecodeStep = Callable[[torch.Tensor, DecoderState], tuple[torch.Tensor, DecoderState]]
+
+
 class GenerationBatch:
-    def __init__(self, model: Seq2Seq, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, model: Seq2Seq, device: torch.device | str = "cpu", decode_step: DecodeStep | None = None
+    ) -> None:
+        """``decode_step``: how a step runs, ``model.decode_step`` by default (see :mod:`seq2seq.cuda_graphs`)."""
         self.model = model
         self.device = torch.device(device)
+        self.decode_step = decode_step or model.decode_step
         self.state: DecoderState | None = None
         self.last_tokens = torch.empty(0, dtype=torch.long, device=self.device)  # (B,)
         self.active: list[_Sequence] = []
@@ -200,7 +207,7 @@ class GenerationBatch:
             return []
         single_rows = len(self.active) == len(self)  # every request has one row (no beam search)
         # 1. one decoder step for all rows
-        logprobs, state = self.model.decode_step(self.last_tokens, self.state)  # (B, V)
+        logprobs, state = self.decode_step(self.last_tokens, self.state)  # (B, V)
         self.state = state
         # 2. per-row constraints and token choice
         row_seqs = [seq for seq in self.active for _ in range(seq.rows)]

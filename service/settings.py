@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         description="continuous batching: encode arrivals on a second thread while the running batch decodes; "
         "default: when the torch threads leave a core free",
     )
+    cuda_graphs: bool = Field(
+        True,
+        description="on a GPU, replay the decoder step from CUDA graphs captured at start-up "
+        "(one per batch size bucket) instead of launching its kernels one by one",
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="default deadline: queue + generation")
 
     # Input limits

@@ -64,7 +64,8 @@ def build_engine(name: str, path: Path, settings: Settings, metrics: Metrics, pu
 
 
 def load_runner(path: Path, settings: Settings) -> ModelRunner:
-    runner = ModelRunner.load(str(path), settings.device, settings.dtype, settings.quantize)
+    graphs = (settings.max_batch_rows, settings.max_input_tokens) if settings.cuda_graphs else None
+    runner = ModelRunner.load(str(path), settings.device, settings.dtype, settings.quantize, cuda_graphs=graphs)
     runner.warmup()
     return runner
 

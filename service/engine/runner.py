@@ -9,8 +9,9 @@ from dataclasses import replace
 import torch
 
 from seq2seq.checkpoint import LoadedModel, load_model_dir
+from seq2seq.cuda_graphs import GraphedDecodeStep
 from seq2seq.decoding import DecodeParams
-from seq2seq.generation import GenerationBatch, GenerationRequest, StepEvent, generate
+from seq2seq.generation import DecodeStep, GenerationBatch, GenerationRequest, StepEvent, generate
 from seq2seq.optimize import Quantization, optimize_for_inference
 from seq2seq.state import DecoderState
 from service.engine.handle import EngineInfo
@@ -41,22 +42,36 @@ class ModelRunner:
         device: torch.device,
         quantization: Quantization = "none",
         dtype: torch.dtype = torch.float32,
+        decode_step: DecodeStep | None = None,
     ) -> None:
         self.loaded = loaded
         self.device = device
         self.quantization = quantization
         self.dtype = dtype
-        self.batch = GenerationBatch(loaded.model, device)
+        self.decode_step = decode_step
+        self.batch = GenerationBatch(loaded.model, device, decode_step)
 
     @classmethod
-    def load(cls, path: str, device: str = "auto", dtype: str = "auto", quantize: Quantization = "none") -> ModelRunner:
+    def load(
+        cls,
+        path: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        quantize: Quantization = "none",
+        cuda_graphs: tuple[int, int] | None = None,
+    ) -> ModelRunner:
+        """``cuda_graphs``: (max rows, max source tokens) of the decoder step's CUDA graphs, on a GPU."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         loaded = load_model_dir(path, dev, dt)
         if quantize == "int8" and dev.type != "cpu":
             raise RuntimeError(f"int8 quantisation runs on the CPU, not on {dev}")
         loaded = replace(loaded, model=optimize_for_inference(loaded.model, quantize))
-        return cls(loaded, dev, quantize, dt)
+        graphed = None
+        if cuda_graphs is not None and dev.type == "cuda":
+            graphed = GraphedDecodeStep(loaded.model, *cuda_graphs)
+            log.info("captured %d CUDA graphs of the decoder step (up to %d rows)", len(graphed.graphs), cuda_graphs[0])
+        return cls(loaded, dev, quantize, dt, graphed)
 
     def __len__(self) -> int:
         return len(self.batch)
@@ -87,7 +102,7 @@ class ModelRunner:
     def reset(self) -> list[str]:
         """Drop every row (after a failed step); returns the ids that were running."""
         ids = self.batch.request_ids
-        self.batch = GenerationBatch(self.loaded.model, self.device)
+        self.batch = GenerationBatch(self.loaded.model, self.device, self.decode_step)
         return ids
 
     def warmup(self) -> None:
