@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 mkdir -p .device/whl .device/data
 py=.venv/bin/python
 # Same versions as this checkout's environment, so the two machines run the same code.
-packages=(fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv uvicorn annotated-types
+# httptools: without it uvicorn falls back to the pure-Python h11 parser (slower per request).
+packages=(fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv uvicorn httptools annotated-types
           annotated-doc typing-inspection pytest-asyncio)
 pins=()
 for p in "${packages[@]}"; do
