@@ -17,8 +17,8 @@ step's inputs are copied into the static buffers:
   then spans ``max_width`` positions instead of the batch's width: a GPU does that extra
   arithmetic in the time it takes to launch one kernel.
 
-Capture happens once, when the runner is built (before any other work on the device).
-Batches or sources larger than the buffers fall back to the eager step.
+Capture happens once, when the runner is built, before its engine starts. Batches or
+sources larger than the buffers fall back to the eager step.
 """
 
 from __future__ import annotations
@@ -52,8 +52,7 @@ class GraphedDecodeStep:
         self.max_rows = max_rows
         self.max_width = max_width
         self.sizes = bucket_sizes(max_rows)
-        param = next(model.parameters())
-        device = param.device
+        device = next(model.parameters()).device
         # The state layout (which tensors, their widths and dtype) comes from encoding a dummy source.
         with torch.inference_mode():
             probe = model.encode(torch.ones(1, max_width, dtype=torch.long, device=device), torch.tensor([max_width]))
