@@ -81,9 +81,9 @@ class GraphedDecodeStep:
 
     @torch.inference_mode()
     def _capture(self) -> None:
-        # Warm up on a side stream first (lazy cuBLAS handles and workspaces must not be created
-        # inside a capture), then capture the largest graph first so the smaller ones reuse its
-        # memory pool.
+        # Warm up on the stream the captures will use (BLAS handles and workspaces are created
+        # lazily per stream, and must not be created inside a capture), then capture the largest
+        # graph first so the smaller ones reuse its memory pool.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -94,7 +94,7 @@ class GraphedDecodeStep:
         for rows in reversed(self.sizes):
             graph = torch.cuda.CUDAGraph()
             # thread_local: in a server of several models another thread may use the device meanwhile.
-            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="thread_local"):
                 logprobs, state = self.model.decode_step(self.tokens[:rows], self._inputs(rows))
             self.graphs[rows] = (graph, logprobs, state)
         torch.cuda.synchronize()
