@@ -78,7 +78,7 @@ async def chat(body: ChatRequest, request: Request, registry: RegistryDep, setti
     # (queue full, deadline, engine gone) gets its own status (429, 504, 503), not 200 and an
     # error event: what clients and proxies retry by.
     stream = streams[0]
-    deadline = asyncio.get_running_loop().time() + prepared.timeout_s + 2.0
+    deadline = asyncio.get_running_loop().time() + prepared.wait_s
     try:
         first = await _first_event(prepared, stream, deadline, request)
         if isinstance(first, ErrorEvent):

@@ -24,6 +24,8 @@ from service.registry import ModelEntry, Registry
 from service.schemas import DecodingOptions
 from service.settings import Settings
 
+DEADLINE_MARGIN_S = 2.0
+
 
 @dataclass
 class Prepared:
@@ -35,6 +37,12 @@ class Prepared:
     @property
     def input_tokens(self) -> int:
         return sum(len(r.src_ids) for r in self.requests)
+
+    @property
+    def wait_s(self) -> float:
+        """How long a handler waits for results: the engine enforces the deadline itself and
+        reports it; this margin later is the safety net if it cannot."""
+        return self.timeout_s + DEADLINE_MARGIN_S
 
 
 def ready_engine(entry: ModelEntry, registry: Registry) -> EngineHandle:
@@ -127,10 +135,7 @@ async def wait_all(prepared: Prepared, streams: list[RequestStream], request: Re
     results = asyncio.ensure_future(asyncio.gather(*(s.final() for s in streams)))
     watcher = asyncio.ensure_future(disconnected(request))
     try:
-        # The engine enforces the deadline itself; this is the safety net if it cannot.
-        done, _ = await asyncio.wait(
-            {results, watcher}, timeout=prepared.timeout_s + 2.0, return_when="FIRST_COMPLETED"
-        )
+        done, _ = await asyncio.wait({results, watcher}, timeout=prepared.wait_s, return_when="FIRST_COMPLETED")
         if results in done:
             return results.result()
         if watcher in done:

@@ -48,7 +48,6 @@ class ModelRunner:
         self.device = device
         self.quantization = quantization
         self.dtype = dtype
-        self.decode_step = decode_step
         self.batch = GenerationBatch(loaded.model, device, decode_step)
 
     @classmethod
@@ -102,7 +101,7 @@ class ModelRunner:
     def reset(self) -> list[str]:
         """Drop every row (after a failed step); returns the ids that were running."""
         ids = self.batch.request_ids
-        self.batch = GenerationBatch(self.loaded.model, self.device, self.decode_step)
+        self.batch = GenerationBatch(self.loaded.model, self.device, self.batch.decode_step)
         return ids
 
     def warmup(self) -> None:

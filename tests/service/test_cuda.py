@@ -62,8 +62,8 @@ def test_cuda_graphs_replay_the_eager_step(tiny_store: Path) -> None:
     path = str(tiny_store / "translate-de-en" / "1")
     eager = ModelRunner.load(path, device="cuda", dtype="float32")
     graphed = ModelRunner.load(path, device="cuda", dtype="float32", cuda_graphs=(16, 32))
-    assert isinstance(graphed.decode_step, GraphedDecodeStep)
-    assert sorted(graphed.decode_step.graphs) == [1, 2, 4, 8, 16]
+    assert isinstance(graphed.batch.decode_step, GraphedDecodeStep)
+    assert sorted(graphed.batch.decode_step.graphs) == [1, 2, 4, 8, 16]
     tok = eager.loaded.source_tokenizer
     texts = ["ein mann", "eine frau spielt im park mit einem hund", "zwei kinder", "ein hund läuft", "hallo"] * 4
     params = [DecodeParams(max_length=12), DecodeParams(max_length=9, beam_size=3, n_best=2)]
