@@ -28,6 +28,7 @@ from seq2seq.decoding import DecodeParams
 from seq2seq.generation import GenerationRequest, generate
 from seq2seq.model import Seq2Seq
 from seq2seq.optimize import Quantization, optimize_for_inference
+from seq2seq.tokenizer import Tokenizer
 
 MAX_OUTPUT_TOKENS = 256  # the server's default --max-output-tokens
 
@@ -66,13 +67,18 @@ def _prepare(
 ) -> tuple[Seq2Seq, list[GenerationRequest]]:
     loaded = load_model_dir(model_dir, device, dtype)
     model = optimize_for_inference(loaded.model, quantize)
+    return model, server_requests(loaded.source_tokenizer, sentences, beam_size)
+
+
+def server_requests(tokenizer: Tokenizer, sentences: Sequence[str], beam_size: int = 1) -> list[GenerationRequest]:
+    """``sentences`` as the server would decode them (ids are their positions; empty ones left out)."""
     requests = []
     for i, text in enumerate(sentences):
-        ids = loaded.source_tokenizer.encode(text)
+        ids = tokenizer.encode(text)
         if ids:
             params = DecodeParams(max_length=min(2 * len(ids) + 10, MAX_OUTPUT_TOKENS), beam_size=beam_size)
             requests.append(GenerationRequest(str(i), ids, params))
-    return model, requests
+    return requests
 
 
 @contextlib.contextmanager

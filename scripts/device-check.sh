@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check, run on the GPU machine (with .device/ from scripts/device-prepare.sh):
 #   OUT=/some/dir bash scripts/device-check.sh
-# It installs the carried wheels, records the GPU, runs the CUDA tests, then the benchmark on
+# It installs the carried wheels, records the GPU, runs the CUDA tests and profiles one decoder
+# step of 128 rows (bench/step_profile.py), then runs the benchmark on
 # the GPU (half precision, decoder step from CUDA graphs), then continuous batching alone with
 # eager steps (--cuda-graphs false) for what the graphs bring; if the first run fails, it runs
 # again with eager steps instead. Into $OUT go eight files, the
-# most the device tool brings back: checks.log (GPU and CUDA tests), bench.log (both runs) and
+# most the device tool brings back: checks.log (GPU, CUDA tests, step profile), bench.log (both runs) and
 # {gpu,gpu-eager}/{report.md,results.json,latency_vs_throughput.png}; raw request logs stay in
 # $BENCH_OUT. Extra arguments go to both benchmarks.
 # A dry run here: PYTHON=.venv/bin/python SKIP_WHEELS=1 DEVICE=cpu OUT=/tmp/dc scripts/device-check.sh --quick
@@ -24,6 +25,8 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
     nvidia-smi -L 2>&1 || echo "no nvidia-smi"
     $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
     $PY -m pytest -q -p no:cacheprovider tests/service/test_cuda.py tests/seq2seq/test_cuda_graphs.py 2>&1
+    $PY -m bench.step_profile --device "${DEVICE:-cuda}" --threads 4 --rows 128 --steps 200 --profile-steps 20 \
+        --inputs .device/data/test_2016_flickr.de.gz 2>&1
 } | tee "$OUT/checks.log"
 bench() {  # LABEL ARGS...: one benchmark run, its report files copied into $OUT/LABEL
     local label=$1

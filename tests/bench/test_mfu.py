@@ -45,6 +45,9 @@ def test_decoder_flops_match_the_model(cfg: ModelConfig) -> None:
     parts = mfu.decoder_flops(cfg, src_len)
     assert parts["lstm"] == lstm_flops(model.decoder.lstm)
     assert counter.get_total_flops() == 3 * sum(parts.values())
+    # Only the attention's batched products grow with the source: at S = 0 the formula is the GEMMs alone.
+    bmm = counter.get_flop_counts()["Global"].get(torch.ops.aten.bmm, 0)
+    assert counter.get_total_flops() - bmm == 3 * sum(mfu.decoder_flops(cfg, 0).values())
 
 
 def test_encoder_flops_match_the_weights() -> None:
