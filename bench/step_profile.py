@@ -33,6 +33,7 @@ from bench.run import DEFAULT_INPUTS, REPO, model_dir
 from seq2seq.generation import GenerationBatch, GenerationRequest
 from seq2seq.optimize import DTYPES, QUANTIZATIONS, Quantization
 from seq2seq.state import DecoderState
+from service.engine.loader import load_runner
 from service.engine.runner import ModelRunner
 from service.settings import Settings
 
@@ -70,13 +71,12 @@ class StepProfile:
 
 
 class _TimedStep:
-    """The batch's decoder step, timed; also records the padded source width it attends over."""
+    """The batch's decoder step, timed."""
 
     def __init__(self, batch: GenerationBatch) -> None:
         self.inner = batch.decode_step
         self.device = batch.device
         self.seconds: list[float] = []
-        self.widths: list[int] = []
 
     def __call__(self, tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
         t0 = time.perf_counter()
@@ -84,7 +84,6 @@ class _TimedStep:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.seconds.append(time.perf_counter() - t0)
-        self.widths.append(0 if state.memory is None else state.memory.size(1))
         return out
 
 
@@ -102,12 +101,9 @@ class _Refill:
 
     def __call__(self) -> None:
         while len(self.batch) < self.rows:
-            group, state = self.ready.pop(0) if self.ready else self._encoded()
-            self.batch.join(group, state)
-
-    def _encoded(self) -> tuple[list[GenerationRequest], DecoderState]:
-        group = self._group()
-        return group, self.batch.encode(group)
+            if not self.ready:
+                self.encode_ahead(1)
+            self.batch.join(*self.ready.pop(0))
 
     def _group(self) -> list[GenerationRequest]:
         picked = [self.requests[(self.n + k) % len(self.requests)] for k in range(GROUP)]
@@ -130,21 +126,24 @@ def profile_step(
     timed = _TimedStep(batch)
     batch.decode_step = timed
     cfg = runner.loaded.model.cfg
+    cuda = runner.device.type == "cuda"
     refill = _Refill(batch, requests, rows)
     step_s: list[float] = []
     src_tokens: list[float] = []
+    widths: list[int] = []  # the padded source width the attention spans
     for i in range(warmup_steps + steps):
         refill()
-        if i == warmup_steps:
-            timed.seconds.clear()
-            timed.widths.clear()
+        assert batch.state is not None
         src = statistics.mean(len(seq.request.src_ids) for seq in batch.active)
+        width = 0 if batch.state.memory is None else batch.state.memory.size(1)
         t0 = time.perf_counter()
         batch.step()
         if i >= warmup_steps:
             step_s.append(time.perf_counter() - t0)
             src_tokens.append(src)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if runner.device.type == "cuda" else [])
+            widths.append(width)
+    decode_s = timed.seconds[warmup_steps:]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     wall = 0.0
     refill.encode_ahead(profile_steps)  # more than the rows that finish: encoding is not the step's work
     with profile(activities=activities) as prof:
@@ -153,16 +152,15 @@ def profile_step(
             refill()  # joining arrivals is part of a running batch's steps
             batch.step()
             wall += time.perf_counter() - t0
-    cuda = runner.device.type == "cuda"
     times = {e.key: (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e6 for e in prof.key_averages()}
     mean_src = statistics.mean(src_tokens)
     return StepProfile(
         rows=rows,
         steps=steps,
         step_ms=statistics.mean(step_s) * 1e3,
-        decode_step_ms=statistics.mean(timed.seconds) * 1e3,
+        decode_step_ms=statistics.mean(decode_s) * 1e3,
         src_tokens=mean_src,
-        width=statistics.mean(timed.widths),
+        width=statistics.mean(widths),
         useful_gflop=rows * sum(decoder_flops(cfg, mean_src).values()) / 1e9,
         gemm_gflop=rows * sum(decoder_flops(cfg, 0).values()) / 1e9,  # only the attention's bmm grows with S
         profiled_step_ms=wall / profile_steps * 1e3,
@@ -219,9 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     quantize: Quantization = a.quantize
     torch.set_num_threads(a.threads)
-    graphs = (a.rows, Settings.model_fields["max_input_tokens"].default) if a.device == "cuda" else None
     path = model_dir(a.model_store, a.model)
-    runner = ModelRunner.load(str(path), a.device, a.dtype, quantize, cuda_graphs=graphs)
+    # Loaded as the server loads it: optimised, warmed up, and on a GPU with CUDA graphs up to --rows.
+    runner = load_runner(path, Settings(device=a.device, dtype=a.dtype, quantize=quantize, max_batch_rows=a.rows))
     requests = server_requests(runner.loaded.source_tokenizer, shuffled(load_sentences(a.inputs), 0))
     peak = matmul_peak_gflops(runner.device, runner.dtype, a.threads, quantize=quantize)
     with torch.inference_mode():
