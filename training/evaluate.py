@@ -18,16 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sacrebleu.metrics import BLEU
 
 from seq2seq.checkpoint import load_model_dir, load_weights
 from seq2seq.config import ModelConfig
 from seq2seq.decoding import DecodeParams
-from seq2seq.generation import GenerationRequest, generate
 from seq2seq.model import Seq2Seq
 from seq2seq.optimize import DTYPES, QUANTIZATIONS, dtype_fits, optimize_for_inference
 from seq2seq.tokenizer import Tokenizer
 from training.data import Pair, encode_pairs, load_corpus
+from training.scoring import bleu_scores, translate_all
 from training.train import corpus_files, evaluate_loss
 
 log = logging.getLogger("training.evaluate")
@@ -39,24 +38,6 @@ def load_run(run_dir: Path, weights: str = "best.safetensors") -> tuple[Seq2Seq,
     load_weights(model, run_dir / weights)
     model.eval()
     return model, Tokenizer.load(run_dir / "source.model"), Tokenizer.load(run_dir / "target.model"), info
-
-
-def translate_all(
-    model: Seq2Seq, src_tok: Tokenizer, tgt_tok: Tokenizer, sources: list[str], params: DecodeParams, max_rows: int = 96
-) -> list[str]:
-    requests = [GenerationRequest(str(i), src_tok.encode(s), params) for i, s in enumerate(sources)]
-    results = generate(model, requests, max_rows=max_rows)
-    return [tgt_tok.decode(results[str(i)][0].tokens) for i in range(len(sources))]
-
-
-def bleu_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
-    cased, lower = BLEU(), BLEU(lowercase=True)
-    return {
-        "bleu": round(cased.corpus_score(hypotheses, [references]).score, 2),
-        "bleu_lc": round(lower.corpus_score(hypotheses, [references]).score, 2),
-        "signature": str(cased.get_signature()),
-        "signature_lc": str(lower.get_signature()),
-    }
 
 
 def evaluate(

@@ -37,7 +37,7 @@ class Recipe:
         return argv
 
 
-_MULTI30K = ("--corpus", "multi30k", "--vocab-size", "6000", "--epochs", "20")
+_MULTI30K = ("--corpus", "multi30k", "--vocab-size", "6000", "--epochs", "60", "--patience", "5")
 
 RECIPES: dict[str, Recipe] = {
     r.name: r

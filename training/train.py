@@ -6,7 +6,10 @@
 A run directory holds everything needed to continue: ``run.json`` (the arguments and the
 model config), the tokenizers, ``last.safetensors`` + ``optimizer.safetensors`` +
 ``trainer_state.json`` (written every ``--checkpoint-minutes`` and at every epoch end, with
-the position inside the epoch) and ``best.safetensors`` (lowest validation loss). Running
+the position inside the epoch), ``best.safetensors`` (lowest validation loss),
+``best-bleu.safetensors`` (highest greedy validation BLEU, measured after every epoch with the
+server's decoder) and the last ``--keep-checkpoints`` epochs' weights
+(``epoch-NNN.safetensors``) for checkpoint averaging. Running
 the same command again resumes where the last checkpoint left off; ``--time-budget`` stops
 cleanly after that many minutes so a time-boxed session can hand the run to the next one.
 """
@@ -32,10 +35,12 @@ from tqdm import tqdm
 
 from seq2seq.checkpoint import load_weights, save_weights
 from seq2seq.config import PAD_ID, ModelConfig
+from seq2seq.decoding import DecodeParams
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import Tokenizer
 from training.curves import write_curve
 from training.data import CORPORA, DEFAULT_DATA_DIR, Batch, Corpus, batches, encode_pairs, load_corpus
+from training.scoring import bleu_scores, translate_all
 
 log = logging.getLogger("training.train")
 
@@ -48,6 +53,8 @@ class TrainerState:
     lr: float = 0.0
     best_val_loss: float = math.inf
     best_epoch: int = 0
+    best_val_bleu: float = -1.0
+    best_bleu_epoch: int = 0
     bad_epochs: int = 0
     elapsed_s: float = 0.0  # training wall time over all sessions
     done: bool = False  # early stopping or max epochs reached
@@ -90,6 +97,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--time-budget", type=float, default=0, help="stop (resumable) after this many minutes; 0: none")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--keep-checkpoints", type=int, default=5, help="keep the last N epochs' weights (for averaging)")
+    p.add_argument(
+        "--val-bleu-sentences", type=int, default=0, help="greedy val BLEU after each epoch on this many; 0: all"
+    )
     return p.parse_args(argv)
 
 
@@ -230,6 +241,23 @@ class Trainer:
         )
         return True
 
+    def val_bleu(self) -> float:
+        """Greedy BLEU on (a prefix of) the validation set, decoded by the server's batch code."""
+        n = self.args.val_bleu_sentences or len(self.corpus.val)
+        pairs = self.corpus.val[:n]
+        self.model.eval()
+        hyps = translate_all(self.model, self.src_tok, self.tgt_tok, [s for s, _ in pairs], DecodeParams())
+        self.model.train()
+        return float(bleu_scores(hyps, [t for _, t in pairs])["bleu"])
+
+    def keep_epoch_weights(self) -> None:
+        """Save this epoch's weights and delete those older than the last ``--keep-checkpoints``."""
+        if self.args.keep_checkpoints <= 0:
+            return
+        save_weights(self.model, self.run_dir / f"epoch-{self.state.epoch:03d}.safetensors")
+        for old in sorted(self.run_dir.glob("epoch-*.safetensors"))[: -self.args.keep_checkpoints]:
+            old.unlink()
+
     def set_lr(self, lr: float) -> None:
         self.state.lr = lr
         for group in self.optimizer.param_groups:
@@ -297,6 +325,7 @@ class Trainer:
         args, st = self.args, self.state
         t0 = time.monotonic()
         val_loss = evaluate_loss(self.model, self.val_examples, args.max_tokens, self.device)
+        val_bleu = self.val_bleu()
         st.elapsed_s += time.monotonic() - t0
         train_loss = st.running_loss / max(st.running_tokens, 1)
         st.epoch += 1
@@ -306,18 +335,24 @@ class Trainer:
                 "train_loss": round(train_loss, 4),
                 "val_loss": round(val_loss, 4),
                 "val_ppl": round(math.exp(val_loss), 3),
+                "val_bleu": val_bleu,
                 "lr": st.lr,
                 "elapsed_s": round(st.elapsed_s, 1),
             }
         )
         log.info(
-            "epoch %d: train loss %.4f, val loss %.4f, val ppl %.2f, lr %.2e",
+            "epoch %d: train loss %.4f, val loss %.4f, val ppl %.2f, val BLEU %.2f, lr %.2e",
             st.epoch,
             train_loss,
             val_loss,
             math.exp(val_loss),
+            val_bleu,
             st.lr,
         )
+        self.keep_epoch_weights()
+        if val_bleu > st.best_val_bleu:
+            st.best_val_bleu, st.best_bleu_epoch = val_bleu, st.epoch
+            save_weights(self.model, self.run_dir / "best-bleu.safetensors")
         if val_loss < st.best_val_loss:
             st.best_val_loss, st.best_epoch, st.bad_epochs = val_loss, st.epoch, 0
             save_weights(self.model, self.run_dir / "best.safetensors")

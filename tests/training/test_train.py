@@ -46,6 +46,7 @@ def test_run_directory_contents(trained_run: TrainedRun) -> None:
         "target.model",
         "last.safetensors",
         "best.safetensors",
+        "best-bleu.safetensors",
         "optimizer.safetensors",
         "trainer_state.json",
         "training_curve.json",
@@ -55,7 +56,13 @@ def test_run_directory_contents(trained_run: TrainedRun) -> None:
     assert (run_dir / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curve = json.loads((run_dir / "training_curve.json").read_text())
     assert curve == trained_run.state["history"]
-    assert set(curve[0]) == {"epoch", "train_loss", "val_loss", "val_ppl", "lr", "elapsed_s"}
+    assert set(curve[0]) == {"epoch", "train_loss", "val_loss", "val_ppl", "val_bleu", "lr", "elapsed_s"}
+    assert curve[-1]["val_bleu"] > 90 > curve[0]["val_bleu"]  # greedy sacreBLEU on val, every epoch
+    kept = sorted(p.name for p in run_dir.glob("epoch-*.safetensors"))
+    assert kept == [f"epoch-{e:03d}.safetensors" for e in range(4, 9)]  # the last 5 epochs, for averaging
+    best_bleu = max(curve, key=lambda h: h["val_bleu"])
+    assert trained_run.state["best_val_bleu"] == best_bleu["val_bleu"]
+    assert trained_run.state["best_bleu_epoch"] == best_bleu["epoch"]
     info = json.loads((run_dir / "run.json").read_text())
     assert info["model"]["architecture"] == "attention" and info["model"]["hidden_dim"] == 64
     assert info["data_sizes"] == {"train": 2000, "val": 200, "test": 200}
