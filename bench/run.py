@@ -60,7 +60,7 @@ from bench.server import ServerProcess
 from seq2seq.checkpoint import read_manifest
 from seq2seq.config import ModelConfig
 from seq2seq.optimize import DTYPES, QUANTIZATIONS, dtype_fits
-from service.engine.runner import resolve_device, resolve_dtype
+from service.engine.loader import resolve_device, resolve_dtype
 from service.settings import Settings
 
 log = logging.getLogger("bench")

@@ -33,8 +33,7 @@ from bench.run import DEFAULT_INPUTS, REPO, model_dir
 from seq2seq.generation import GenerationBatch, GenerationRequest
 from seq2seq.optimize import DTYPES, QUANTIZATIONS, Quantization
 from seq2seq.state import DecoderState
-from service.engine.loader import load_runner
-from service.engine.runner import ModelRunner
+from service.engine.loader import DeviceModel, load_served_model
 from service.settings import Settings
 
 GROUP = 8  # rows admitted at a time when the batch refills
@@ -113,7 +112,7 @@ class _Refill:
 
 
 def profile_step(
-    runner: ModelRunner,
+    model: DeviceModel,
     requests: list[GenerationRequest],
     *,
     rows: int,
@@ -122,11 +121,11 @@ def profile_step(
     profile_steps: int,
     peak_gflops: float,
 ) -> StepProfile:
-    batch = runner.batch
+    batch = model.new_batch()
     timed = _TimedStep(batch)
     batch.decode_step = timed
-    cfg = runner.loaded.model.cfg
-    cuda = runner.device.type == "cuda"
+    cfg = model.loaded.model.cfg
+    cuda = model.device.type == "cuda"
     refill = _Refill(batch, requests, rows)
     step_s: list[float] = []
     src_tokens: list[float] = []
@@ -219,12 +218,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(a.threads)
     path = model_dir(a.model_store, a.model)
     # Loaded as the server loads it: optimised, warmed up, and on a GPU with CUDA graphs up to --rows.
-    runner = load_runner(path, Settings(device=a.device, dtype=a.dtype, quantize=quantize, max_batch_rows=a.rows))
-    requests = server_requests(runner.loaded.source_tokenizer, shuffled(load_sentences(a.inputs), 0))
-    peak = matmul_peak_gflops(runner.device, runner.dtype, a.threads, quantize=quantize)
+    model = load_served_model(path, Settings(device=a.device, dtype=a.dtype, quantize=quantize, max_batch_rows=a.rows))
+    requests = server_requests(model.loaded.source_tokenizer, shuffled(load_sentences(a.inputs), 0))
+    peak = matmul_peak_gflops(model.device, model.dtype, a.threads, quantize=quantize)
     with torch.inference_mode():
         result = profile_step(
-            runner,
+            model,
             requests,
             rows=a.rows,
             steps=a.steps,
@@ -232,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
             profile_steps=a.profile_steps,
             peak_gflops=peak,
         )
-    print(render(result, f"{path.parent.name}@{path.name} on {runner.device} ({runner.info.dtype}, {quantize})"))
+    print(render(result, f"{path.parent.name}@{path.name} on {model.device} ({model.dtype_name}, {quantize})"))
     if a.json:
         a.json.write_text(json.dumps({**asdict(result), "floor_ms": result.floor_ms, "mfu": result.mfu}, indent=2))
 

@@ -3,7 +3,7 @@
 Layout::
 
     manifest.json        name, version, task, languages, model config, files + sha256, provenance, eval
-    model.safetensors    weights (float16 on disk; loaded in the runner's dtype)
+    model.safetensors    weights (float16 on disk; loaded in the dtype it is served in)
     source.model         SentencePiece model of the source side
     target.model         ... of the target side (the same file name as source for chat models)
     training_curve.json  train / val loss per epoch (optional, checksummed when present)

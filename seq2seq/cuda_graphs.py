@@ -17,7 +17,7 @@ step's inputs are copied into the static buffers:
   then spans ``max_width`` positions instead of the batch's width: a GPU does that extra
   arithmetic in the time it takes to launch one kernel.
 
-Capture happens once, when the runner is built, before its engine starts. Batches or
+Capture happens once, when the model is loaded, before its engine starts. Batches or
 sources larger than the buffers fall back to the eager step.
 """
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -39,8 +40,24 @@ from seq2seq.model import Seq2Seq
 from seq2seq.state import DecoderState
 
 
+class DecodeRequest(Protocol):
+    """What the batch reads of a request: any object with these attributes (the service's own
+    request type joins the batch as it is)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def src_ids(self) -> Sequence[int]: ...  # source piece ids, no BOS/EOS
+
+    @property
+    def params(self) -> DecodeParams: ...
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
+    """A :class:`DecodeRequest` for offline decoding (evaluation, benchmarks, tests)."""
+
     id: str
     src_ids: Sequence[int]  # source piece ids, no BOS/EOS
     params: DecodeParams = DecodeParams()
@@ -69,7 +86,7 @@ class StepEvent:
 class _Sequence:
     """Bookkeeping of one request's rows; row order in the batch follows ``GenerationBatch.active``."""
 
-    request: GenerationRequest
+    request: DecodeRequest
     histories: list[list[int]]  # per live row: tokens so far
     scores: list[float]  # per live row: cumulative log-prob
     generator: torch.Generator | None = None
@@ -108,13 +125,13 @@ class GenerationBatch:
         return [s.request.id for s in self.active]
 
     # -- joining ---------------------------------------------------------------------------
-    def add(self, requests: Sequence[GenerationRequest]) -> None:
+    def add(self, requests: Sequence[DecodeRequest]) -> None:
         """Encode ``requests`` as one batch and append their rows (``beam_size`` each)."""
         if requests:
             self.join(requests, self.encode(requests))
 
     @torch.inference_mode()
-    def encode(self, requests: Sequence[GenerationRequest]) -> DecoderState:
+    def encode(self, requests: Sequence[DecodeRequest]) -> DecoderState:
         """The decoder rows of ``requests`` (``beam_size`` each), encoded as one batch, for :meth:`join`.
 
         Reads the model and nothing of the running batch, so it may run on another thread
@@ -133,7 +150,7 @@ class GenerationBatch:
         return state
 
     @torch.inference_mode()  # like step(): the state's storage is written in place by both
-    def join(self, requests: Sequence[GenerationRequest], state: DecoderState) -> None:
+    def join(self, requests: Sequence[DecodeRequest], state: DecoderState) -> None:
         """Append ``requests``, encoded by :meth:`encode` into ``state``, to the running batch."""
         self.state = state if self.state is None else self.state.append(state)
         bos = torch.full((len(state),), BOS_ID, dtype=torch.long, device=self.device)
@@ -328,7 +345,7 @@ def _hypothesis(tokens: list[int], score: float, params: DecodeParams, reason: F
 
 def generate(
     model: Seq2Seq,
-    requests: Sequence[GenerationRequest],
+    requests: Sequence[DecodeRequest],
     max_rows: int = 64,
     device: torch.device | str = "cpu",
     on_event: Callable[[StepEvent], None] | None = None,
@@ -343,7 +360,7 @@ def generate(
     results: dict[str, list[Hypothesis]] = {}
     with torch.inference_mode():
         while pending or batch.active:
-            admit: list[GenerationRequest] = []
+            admit: list[DecodeRequest] = []
             rows = len(batch)
             while pending and (rows + pending[0].params.rows <= max_rows or not (admit or batch.active)):
                 rows += pending[0].params.rows

@@ -13,11 +13,10 @@ import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service.api import chat, health, models, translate, ui
-from service.api import metrics as metrics_api
+from service.api import chat, health, models, prometheus, translate, ui
 from service.api.errors import install_error_handlers
-from service.engine.handle import EngineHandle
-from service.engine.loader import build_engine, freeze_startup_heap, torch_threads
+from service.engine.client import EngineClient, LocalEngine
+from service.engine.loader import freeze_startup_heap, torch_threads
 from service.engine.process import EngineProcess
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
@@ -30,10 +29,10 @@ log = logging.getLogger("service")
 def engine_factory(settings: Settings, metrics: Metrics, loop: asyncio.AbstractEventLoop) -> EngineFactory:
     """Turn a model directory into a warmed-up, started engine (runs in the loader thread)."""
 
-    def build(entry: ModelEntry) -> EngineHandle:
+    def build(entry: ModelEntry) -> EngineClient:
         if settings.engine_process:
-            return EngineProcess.start(entry.name, entry.path, entry.manifest, settings, loop)
-        return build_engine(entry.name, entry.path, settings, metrics)
+            return EngineProcess.start(entry.name, entry.path, entry.manifest, settings, metrics, loop)
+        return LocalEngine(entry.name, entry.path, settings, metrics, loop)
 
     return build
 
@@ -78,7 +77,7 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
-    for module in (translate, chat, models, health, metrics_api, ui):
+    for module in (translate, chat, models, health, prometheus, ui):
         app.include_router(module.router)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:  # outermost, so every reply (errors too) carries the CORS headers

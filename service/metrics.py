@@ -1,24 +1,27 @@
 """Prometheus metrics of one app instance (its own registry, so tests can build many apps).
 
-An engine process keeps the engine's metrics in a :class:`Metrics` of its own; ``/metrics``
-merges them into the HTTP process's families with :func:`exposition`.
+Only the HTTP process keeps metrics: engines, in its threads or in processes of their own,
+report what they did on every message (:class:`~service.engine.messages.EngineStats`), and
+:meth:`Metrics.record_engine` adds it here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+if TYPE_CHECKING:
+    from service.engine.messages import EngineStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class Metrics:
-    def __init__(self, process: bool = True) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        if process:  # process_resident_memory_bytes, cpu seconds, ... (of the HTTP process only)
-            ProcessCollector(registry=self.registry)
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu seconds, ... (HTTP process)
         r = self.registry
         self.requests = Counter(
             "seq2seq_requests", "HTTP requests by route and status", ["route", "status"], registry=r
@@ -68,22 +71,23 @@ class Metrics:
             "seq2seq_engine_restarts", "engines restarted after their worker or process died", ["model"], registry=r
         )
 
-
-class _Families:
-    def __init__(self, families: Iterable[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> Iterable[Metric]:
-        return self.families
-
-
-def exposition(registry: CollectorRegistry, extra: Iterable[Metric] = ()) -> bytes:
-    """The text format of ``registry`` with the samples of ``extra`` families merged in by name
-    (the engine processes' samples carry their own ``model`` label, so they never collide)."""
-    families = {family.name: family for family in registry.collect()}
-    for family in extra:
-        if family.name in families:
-            families[family.name].samples.extend(family.samples)
-        else:
-            families[family.name] = family
-    return generate_latest(_Families(families.values()))  # type: ignore[arg-type]
+    def record_engine(self, model: str, stats: EngineStats) -> None:
+        """Add what an engine reported (:class:`~service.engine.messages.EngineStats`) to the metrics."""
+        self.queue_depth.labels(model).set(stats.queue_depth)
+        self.active_rows.labels(model).set(stats.running_rows)
+        batch_size, step_time = self.batch_size.labels(model), self.time_per_step.labels(model)
+        for rows, seconds in zip(stats.step_rows, stats.step_seconds, strict=True):
+            batch_size.observe(rows)
+            step_time.observe(seconds)
+        self.step_cpu.labels(model).inc(stats.step_cpu_seconds)
+        encode = self.time_per_encode.labels(model)
+        for seconds in stats.encode_seconds:
+            encode.observe(seconds)
+        ttft = self.ttft.labels(model)
+        for seconds in stats.ttft_seconds:
+            ttft.observe(seconds)
+        self.generated_tokens.labels(model).inc(stats.generated_tokens)
+        if stats.rejected:
+            self.rejected.labels(model, "queue_full").inc(stats.rejected)
+        self.cancelled.labels(model).inc(stats.cancelled)
+        self.engine_errors.labels(model).inc(stats.errors)

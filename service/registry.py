@@ -2,7 +2,8 @@
 
 The bookkeeping (scan, status, defaults, resolution) is plain Python over manifests; the
 tensor side is a callable that turns a model directory into a started engine,
-so tests can exercise the registry without loading a network.
+so tests can exercise the registry without loading a network. A model's status is
+derived in one place, :attr:`ModelEntry.status`, and every response reports that.
 """
 
 from __future__ import annotations
@@ -13,20 +14,27 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from seq2seq.checkpoint import CheckpointError, read_manifest, store_versions
-from service.engine.handle import EngineHandle
+from service.engine.client import EngineClient
 from service.errors import EngineUnavailable, ModelNotFound
 
 log = logging.getLogger("service.registry")
 
-Status = Literal["loading", "ready", "failed"]
 CRASH_WINDOW_S = 300.0  # crashes older than this no longer lengthen the wait before a restart
 MAX_RESTART_DELAY_S = 60.0
 LOAD_ERRORS = (CheckpointError, OSError, RuntimeError, ValueError)  # a model that cannot load; the others serve on
-EngineFactory = Callable[["ModelEntry"], EngineHandle]
+EngineFactory = Callable[["ModelEntry"], EngineClient]
+
+
+class ModelStatus(StrEnum):
+    LOADING = "loading"  # found in the store; its engine is starting
+    READY = "ready"  # serving
+    FAILED = "failed"  # could not be loaded (missing, corrupt, load error): only an operator can fix it
+    DEAD = "dead"  # was serving, and its engine died; restarted with --restart-engines
 
 
 @dataclass
@@ -36,11 +44,27 @@ class ModelEntry:
     versions: list[str]
     path: Path
     manifest: dict[str, Any] = field(default_factory=dict)
-    status: Status = "loading"
-    error: str | None = None
-    engine: EngineHandle | None = None
+    load_error: str | None = None  # why it could not be loaded
+    engine: EngineClient | None = None
     crashes: list[float] = field(default_factory=list)  # monotonic times of recent crashes and failed restarts
-    _crashed: EngineHandle | None = field(default=None, repr=False)  # the dead engine already counted
+    _crashed: EngineClient | None = field(default=None, repr=False)  # the dead engine already counted
+
+    @property
+    def status(self) -> ModelStatus:
+        if self.load_error is not None:
+            return ModelStatus.FAILED
+        if self.engine is None:
+            return ModelStatus.LOADING
+        return ModelStatus.READY if self.engine.alive else ModelStatus.DEAD
+
+    @property
+    def error(self) -> str | None:
+        """Why the model does not serve: its load error, or what killed its engine."""
+        if self.load_error is not None:
+            return self.load_error
+        if self.engine is not None and self.engine.dead is not None:
+            return repr(self.engine.dead)
+        return None
 
     @property
     def task(self) -> str:
@@ -48,7 +72,7 @@ class ModelEntry:
 
     @property
     def ready(self) -> bool:
-        return self.status == "ready" and self.engine is not None and self.engine.alive
+        return self.status is ModelStatus.READY
 
     def beam_bleu(self) -> float:
         evaluation = self.manifest.get("evaluation") or {}
@@ -70,18 +94,16 @@ def scan_store(store: Path, wanted: list[str]) -> list[ModelEntry]:
         version = pins.get(name) or versions[-1]
         entry = ModelEntry(name, version, versions, store / name / version)
         if version not in versions:
-            entry.status, entry.error = "failed", f"version {version} not found (have {', '.join(versions)})"
+            entry.load_error = f"version {version} not found (have {', '.join(versions)})"
         else:
             try:
                 entry.manifest = read_manifest(entry.path)
             except CheckpointError as exc:
-                entry.status, entry.error = "failed", str(exc)
+                entry.load_error = str(exc)
         entries.append(entry)
     missing = set(pins) - {e.name for e in entries}
     for name in sorted(missing):
-        entries.append(
-            ModelEntry(name, pins[name] or "", [], store / name, status="failed", error="not in model store")
-        )
+        entries.append(ModelEntry(name, pins[name] or "", [], store / name, load_error="not in model store"))
     return entries
 
 
@@ -105,15 +127,14 @@ class Registry:
 
     @staticmethod
     def _load(entry: ModelEntry, factory: EngineFactory) -> None:
-        if entry.status == "failed":
-            log.error("model %s: %s", entry.name, entry.error)
+        if entry.load_error is not None:
+            log.error("model %s: %s", entry.name, entry.load_error)
             return
         try:
             entry.engine = factory(entry)
-            entry.status = "ready"
             log.info("model %s@%s ready", entry.name, entry.version)
         except LOAD_ERRORS as exc:
-            entry.status, entry.error = "failed", str(exc)
+            entry.load_error = str(exc)
             log.error("model %s@%s failed to load: %s", entry.name, entry.version, exc)
 
     @property
@@ -139,8 +160,9 @@ class Registry:
                 if self.draining or self._stopping.is_set():
                     return
                 engine = entry.engine
-                if entry.status != "ready" or engine is None or engine.alive:
+                if entry.status is not ModelStatus.DEAD:
                     continue
+                assert engine is not None
                 now = time.monotonic()
                 if entry._crashed is not engine:  # a new death
                     entry._crashed = engine
@@ -176,6 +198,20 @@ class Registry:
                 entry.engine.stop(grace_s)
 
     # -- resolution ----------------------------------------------------------------------------
+    def engine(self, entry: ModelEntry) -> EngineClient:
+        """The engine that serves ``entry``'s requests now, or the 503 that says why there is none."""
+        if self.draining:
+            raise EngineUnavailable("the server is shutting down")
+        status = entry.status
+        if status is ModelStatus.READY:
+            assert entry.engine is not None
+            return entry.engine
+        if status is ModelStatus.DEAD:
+            raise EngineUnavailable(f"model {entry.name} is unavailable: its engine died ({entry.error})")
+        if status is ModelStatus.LOADING:
+            raise EngineUnavailable(f"model {entry.name} is loading", retry_after_s=5)
+        raise EngineUnavailable(f"model {entry.name} failed to load: {entry.error}", retry_after_s=5)
+
     def ready_entries(self, task: str | None = None) -> list[ModelEntry]:
         return [e for e in self.entries.values() if e.ready and (task is None or e.task == task)]
 
@@ -204,7 +240,7 @@ class Registry:
         """The entry that serves a request: by name, else the default for the language (pair)."""
         if model is not None:
             entry = self.get(model)
-            if entry.task != task and entry.status == "ready":
+            if entry.task != task and entry.ready:
                 raise ModelNotFound(f"model {model!r} is a {entry.task} model; use /{entry.task}")
             return entry
         candidates = [
@@ -220,7 +256,7 @@ class Registry:
                 if e.manifest.get("task") == task
                 and (source_lang is None or e.manifest.get("source_lang") == source_lang)
                 and (target_lang is None or e.manifest.get("target_lang") == target_lang)
-                and (e.status == "loading" or e.engine is not None)  # loading, or its worker died
+                and e.status in (ModelStatus.LOADING, ModelStatus.DEAD)
             ]
             if pending:  # a model exists for this, it just cannot serve yet (or now): 503, retried elsewhere
                 raise EngineUnavailable(f"model {', '.join(pending)} is not ready", retry_after_s=5)

@@ -10,6 +10,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from seq2seq.decoding.params import (
+    BeamSize,
+    LengthPenalty,
+    MaxLength,
+    MinLength,
+    NBest,
+    Sample,
+    Seed,
+    Temperature,
+    TopK,
+    TopP,
+)
 from seq2seq.optimize import Quantization
 
 
@@ -18,29 +30,23 @@ class _Request(BaseModel):
 
 
 class DecodingOptions(_Request):
-    """Decoding options shared by /translate and /chat. Greedy unless beam_size > 1 or sample is true."""
+    """Decoding options shared by /translate and /chat. Greedy unless beam_size > 1 or sample is true.
 
-    beam_size: int = Field(1, ge=1, le=64, description="beams per input; each beam is one row of the batch")
-    n_best: int = Field(1, ge=1, le=64, description="alternatives to return (<= beam_size)")
-    length_penalty: float = Field(1.0, ge=0.0, le=5.0, description="GNMT alpha for ranking beams; 0 = raw log-prob")
-    sample: bool = Field(False, description="sample instead of taking the most likely token")
-    temperature: float = Field(1.0, gt=0.0, le=10.0)
-    top_k: int = Field(0, ge=0, description="sample among the k most likely tokens; 0 = all")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass; 1 = off")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="makes sampling reproducible")
-    max_length: int | None = Field(None, ge=1, description="generated tokens; default: 2 x source + 10")
-    min_length: int = Field(0, ge=0)
+    The fields have the ranges of :class:`~seq2seq.decoding.DecodeParams` (the same types);
+    their combinations, and this server's limits, are checked when the parameters are built.
+    """
+
+    beam_size: BeamSize = 1
+    n_best: NBest = 1
+    length_penalty: LengthPenalty = 1.0
+    sample: Sample = False
+    temperature: Temperature = 1.0
+    top_k: TopK = 0
+    top_p: TopP = 1.0
+    seed: Seed = None
+    max_length: MaxLength | None = Field(None, description="generated tokens; default: 2 x source + 10")
+    min_length: MinLength = 0
     timeout: float | None = Field(None, gt=0, le=600, description="deadline in seconds for queue + generation")
-
-    @model_validator(mode="after")
-    def _combinations(self) -> DecodingOptions:
-        if self.n_best > self.beam_size:
-            raise ValueError("n_best must not exceed beam_size")
-        if self.sample and self.beam_size > 1:
-            raise ValueError("sample=true cannot be combined with beam_size > 1")
-        if self.max_length is not None and self.min_length > self.max_length:
-            raise ValueError("min_length must not exceed max_length")
-        return self
 
 
 class TranslateRequest(DecodingOptions):
@@ -146,7 +152,9 @@ class ModelInfo(BaseModel):
     target_lang: str | None = None
     architecture: str | None = None
     parameters: int | None = None
-    status: Literal["loading", "ready", "failed"]
+    status: Literal["loading", "ready", "failed", "dead"] = Field(
+        description="loading; ready; failed: could not be loaded; dead: its engine died (restarted if enabled)"
+    )
     error: str | None = None
     default_for: list[str] = Field(default_factory=list)
     description: str | None = None

@@ -1,9 +1,18 @@
-"""Decoding parameters of one request, validated when they are built."""
+"""Decoding parameters of one request: every rule about them, in one place.
+
+Each field's range is declared once, as an annotated type; :class:`DecodeParams` checks the
+ranges and the combinations when it is built, and the HTTP schema declares its fields with
+the same types (so its OpenAPI documentation shows the same ranges). A value is valid for
+the API exactly when it is valid here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass
 
 
 class Strategy(StrEnum):
@@ -20,38 +29,42 @@ class FinishReason(StrEnum):
     ABORTED = "aborted"  # the request was cancelled (client gone, deadline)
 
 
+MaxLength = Annotated[int, Field(ge=1, description="generated tokens, end-of-sequence excluded")]
+MinLength = Annotated[int, Field(ge=0, description="end-of-sequence is impossible before this many tokens")]
+BeamSize = Annotated[int, Field(ge=1, description="beams per input; each beam is one row of the batch")]
+NBest = Annotated[int, Field(ge=1, description="alternatives to return (<= beam_size)")]
+LengthPenalty = Annotated[
+    float, Field(ge=0.0, le=5.0, description="GNMT alpha: score / ((5 + len) / 6) ** alpha; 0 = raw log-prob")
+]
+Sample = Annotated[bool, Field(description="sample instead of taking the most likely token")]
+Temperature = Annotated[float, Field(gt=0.0, le=10.0, description="divides the logits before sampling")]
+TopK = Annotated[int, Field(ge=0, description="sample among the k most likely tokens; 0 = all")]
+TopP = Annotated[float, Field(gt=0.0, le=1.0, description="nucleus sampling mass; 1 = off")]
+Seed = Annotated[int | None, Field(ge=0, le=2**63 - 1, description="makes sampling reproducible")]
+
+
 @dataclass(frozen=True)
 class DecodeParams:
-    max_length: int = 100  # generated tokens, EOS excluded
-    min_length: int = 0  # EOS is impossible before this many tokens
-    beam_size: int = 1
-    n_best: int = 1
-    length_penalty: float = 1.0  # GNMT alpha: score / ((5 + len) / 6) ** alpha; 0 = raw log-prob
-    sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = no top-k filter
-    top_p: float = 1.0  # 1.0 = no nucleus filter
-    seed: int | None = None
+    max_length: MaxLength = 100
+    min_length: MinLength = 0
+    beam_size: BeamSize = 1
+    n_best: NBest = 1
+    length_penalty: LengthPenalty = 1.0
+    sample: Sample = False
+    temperature: Temperature = 1.0
+    top_k: TopK = 0
+    top_p: TopP = 1.0
+    seed: Seed = None
 
-    def __post_init__(self) -> None:
-        if self.max_length < 1:
-            raise ValueError("max_length must be at least 1")
-        if not 0 <= self.min_length <= self.max_length:
-            raise ValueError("min_length must be between 0 and max_length")
-        if self.beam_size < 1:
-            raise ValueError("beam_size must be at least 1")
-        if not 1 <= self.n_best <= self.beam_size:
-            raise ValueError("n_best must be between 1 and beam_size")
+    @model_validator(mode="after")
+    def _combinations(self) -> DecodeParams:
+        if self.min_length > self.max_length:
+            raise ValueError("min_length must not exceed max_length")
+        if self.n_best > self.beam_size:
+            raise ValueError("n_best must not exceed beam_size")
         if self.sample and self.beam_size > 1:
-            raise ValueError("sampling and beam search cannot be combined: use sample=false or beam_size=1")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be positive")
-        if self.top_k < 0:
-            raise ValueError("top_k must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-        if self.length_penalty < 0:
-            raise ValueError("length_penalty must be >= 0")
+            raise ValueError("sample=true cannot be combined with beam_size > 1")
+        return self
 
     @property
     def strategy(self) -> Strategy:

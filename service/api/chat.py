@@ -23,9 +23,10 @@ from fastapi.responses import StreamingResponse
 from seq2seq.generation import Hypothesis
 from seq2seq.tokenizer import IncrementalDetokenizer, Tokenizer
 from service.api.errors import ERROR_RESPONSES
-from service.api.generation import Prepared, disconnected, prepare, submit, wait_all
+from service.api.inference import Prepared, disconnected, prepare, submit, wait_all
 from service.deps import RegistryDep, SettingsDep
-from service.engine.streams import ErrorEvent, Event, FinalEvent, RequestStream, TokenEvent
+from service.engine.request import Output, RequestFailed
+from service.engine.streams import RequestStream
 from service.errors import ClientClosedRequest, DeadlineExceeded
 from service.schemas import ChatRequest, ChatResponse
 
@@ -67,8 +68,8 @@ async def chat(body: ChatRequest, request: Request, registry: RegistryDep, setti
     """Reply to ``message``. With ``stream: true`` the reply arrives token by token as SSE."""
     entry = registry.resolve("chat", body.model, None, body.language)
     request.state.model = entry.name
-    prepared = prepare(entry, registry, [source_text(body, entry.manifest)], ["message"], body, settings)
-    streams = submit(prepared, tokens=body.stream)
+    prepared = prepare(entry, registry, [source_text(body, entry.manifest)], ["message"], body, settings, body.stream)
+    streams = submit(prepared)
     tokenizer = prepared.engine.info.target_tokenizer
     if not body.stream:
         (hyps,) = await wait_all(prepared, streams, request)
@@ -80,32 +81,32 @@ async def chat(body: ChatRequest, request: Request, registry: RegistryDep, setti
     stream = streams[0]
     deadline = asyncio.get_running_loop().time() + prepared.wait_s
     try:
-        first = await _first_event(prepared, stream, deadline, request)
-        if isinstance(first, ErrorEvent):
+        first = await _first_output(prepared, stream, deadline, request)
+        if isinstance(first, RequestFailed):
             raise first.error
     except BaseException:
         if not stream.closed:  # client gone or deadline: free the rows
             prepared.engine.abort({stream.request_id})
         raise
     return StreamingResponse(
-        _events(prepared, stream, first, deadline, tokenizer, request),
+        _sse_events(prepared, stream, first, deadline, tokenizer, request),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _next_event(prepared: Prepared, stream: RequestStream, deadline: float) -> Event:
-    """The stream's next event, or an error event once ``deadline`` (loop time) passes."""
+async def _next_output(prepared: Prepared, stream: RequestStream, deadline: float) -> Output:
+    """The stream's next output, or a deadline error once ``deadline`` (loop time) passes."""
     timeout = max(0.0, deadline - asyncio.get_running_loop().time())
     try:
         return await asyncio.wait_for(stream.next(), timeout=timeout)
     except TimeoutError:
-        return ErrorEvent(DeadlineExceeded(f"no result within {prepared.timeout_s:g}s"))
+        return RequestFailed(stream.request_id, DeadlineExceeded(f"no result within {prepared.timeout_s:g}s"))
 
 
-async def _first_event(prepared: Prepared, stream: RequestStream, deadline: float, request: Request) -> Event:
-    """The first event; a client that disconnects before it raises :class:`ClientClosedRequest`."""
-    event = asyncio.ensure_future(_next_event(prepared, stream, deadline))
+async def _first_output(prepared: Prepared, stream: RequestStream, deadline: float, request: Request) -> Output:
+    """The first output; a client that disconnects before it raises :class:`ClientClosedRequest`."""
+    event = asyncio.ensure_future(_next_output(prepared, stream, deadline))
     watcher = asyncio.ensure_future(disconnected(request))
     try:
         await asyncio.wait({event, watcher}, return_when="FIRST_COMPLETED")
@@ -117,26 +118,26 @@ async def _first_event(prepared: Prepared, stream: RequestStream, deadline: floa
         watcher.cancel()
 
 
-async def _events(
-    prepared: Prepared, stream: RequestStream, first: Event, deadline: float, tokenizer: Tokenizer, request: Request
+async def _sse_events(
+    prepared: Prepared, stream: RequestStream, first: Output, deadline: float, tokenizer: Tokenizer, request: Request
 ) -> AsyncIterator[str]:
     detok = IncrementalDetokenizer(tokenizer)
-    event = first
+    output = first
     try:
         while True:
-            if isinstance(event, TokenEvent):
-                delta = detok.push(event.token)
+            if isinstance(output, RequestFailed):
+                yield sse("error", output.error.body())
+                return
+            if output.token is not None:
+                delta = detok.push(output.token)
                 if delta:
                     yield sse("token", {"text": delta})
-            elif isinstance(event, FinalEvent):
-                hyp = event.hypotheses[0]
+            if output.finished is not None:
+                hyp = output.finished[0]
                 request.state.generated_tokens = len(hyp.tokens)
                 yield sse("done", _response(prepared, hyp, tokenizer).model_dump())
                 return
-            elif isinstance(event, ErrorEvent):
-                yield sse("error", event.error.body())
-                return
-            event = await _next_event(prepared, stream, deadline)
+            output = await _next_output(prepared, stream, deadline)
     finally:
         if not stream.closed:  # client gone or deadline: free the rows
             prepared.engine.abort({stream.request_id})

@@ -26,7 +26,7 @@ def error_response(error: ServiceError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
 
 
-def _describe(errors: list[dict[str, Any]]) -> str:
+def describe_validation(errors: list[dict[str, Any]]) -> str:
     parts = []
     for e in errors:
         if e.get("type") == "json_invalid":
@@ -46,7 +46,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(InvalidRequest(_describe(list(exc.errors()))))
+        return error_response(InvalidRequest(describe_validation(list(exc.errors()))))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -1,7 +1,7 @@
 """Liveness and readiness.
 
 ``/health/live`` is 200 while the process serves HTTP. ``/health/ready`` is 200 only when
-every requested model is loaded, warmed up and its worker thread alive, and the server
+every requested model is loaded, warmed up and its engine alive, and the server
 is not draining; load balancers and orchestrators route traffic by it.
 """
 
@@ -24,10 +24,7 @@ async def live() -> dict[str, str]:
 
 @router.get("/ready", responses={503: {"description": "not ready: loading, draining, or a worker is dead"}})
 async def ready(registry: RegistryDep) -> JSONResponse:
-    models = {
-        e.name: ("ready" if e.ready else ("dead" if e.engine is not None else e.status))
-        for e in registry.entries.values()
-    }
+    models = {e.name: e.status.value for e in registry.entries.values()}
     if registry.is_ready():
         return JSONResponse({"status": "ready", "models": models})
     if registry.draining:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from service.api.errors import ERROR_RESPONSES
-from service.api.generation import prepare, submit, wait_all
+from service.api.inference import prepare, submit, wait_all
 from service.deps import RegistryDep, SettingsDep
 from service.errors import InvalidRequest
 from service.schemas import Alternative, TranslateRequest, TranslateResponse, Translation, Usage

@@ -1,1 +1,1 @@
-"""Engine: scheduler (admission), runner (device, tensors), streams (thread to asyncio)."""
+"""Engine: request lifecycle (request, scheduler), the decode loop (engine), where it runs (client, process)."""

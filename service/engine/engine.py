@@ -1,66 +1,62 @@
-"""The engine of one model: a worker thread that owns the model and runs the decode loop.
+"""The engine of one model: a worker thread that runs the decode loop over one batch.
 
-Requests enter only through :meth:`Engine.submit` and leave only through their stream
-(token events, then one final or error event) or :meth:`Engine.abort`. The asyncio side
-never touches tensors; the worker never touches the event loop except through streams.
+Requests enter only through :meth:`Engine.submit` and leave only as outputs to the
+engine's sink (tokens, then one result or error each), or through :meth:`Engine.abort`.
+The scheduler owns every live request; the engine owns the decoder batch and applies the
+scheduler's plan to it, one iteration at a time (:meth:`Engine.step`).
 
 With ``overlap_encode``, requests admitted while a batch is decoding are encoded on a
 second thread (the encoder) and join the batch at the first step after their encoding
 is done, so the running rows keep stepping instead of waiting for the new sources' LSTM
-pass (the "prefill stalls decode" problem of LLM servers). Encoding was a quarter of a
-saturated engine's time on one core; on a machine with a core to spare it now runs beside
-the decoder steps. An idle engine still encodes on the worker itself: there is nothing
-to overlap with, and a hand-off would only add latency.
+pass (the "prefill stalls decode" problem of LLM servers). An idle engine encodes on the
+worker itself: there is nothing to overlap with, and a hand-off would only add latency.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from prometheus_client import Metric
+import torch
 
-from seq2seq.generation import GenerationRequest, StepEvent
 from seq2seq.state import DecoderState
-from service.engine.runner import ModelRunner
-from service.engine.scheduler import Decision, Policy, QueueFull, Scheduler, WorkItem
-from service.engine.streams import ErrorEvent, Event, FinalEvent, Publish, Stream, TokenEvent, publish
-from service.errors import DeadlineExceeded, EngineUnavailable, InternalError, Overloaded, ServiceError
-from service.metrics import Metrics
+from service.engine.messages import Outputs
+from service.engine.request import Output, Request, RequestFailed, RequestStatus
+from service.engine.scheduler import Policy, QueueFull, Scheduler
+from service.errors import EngineUnavailable, InternalError, Overloaded, ServiceError
+
+if TYPE_CHECKING:
+    from service.engine.loader import DeviceModel
 
 log = logging.getLogger("service.engine")
 
-
-@dataclass
-class _Job:
-    request: GenerationRequest
-    stream: Stream
-    submitted: float
-    first_token_seen: bool = False
+Sink = Callable[[Outputs], None]  # where an engine's outputs go; called from its threads
+STATS_INTERVAL_S = 0.25  # statistics of steps without outputs wait at most this long for a message
 
 
 @dataclass
 class _Encoding:
     """A group of admitted requests being encoded on the encoder thread."""
 
-    items: list[WorkItem]
+    requests: list[Request]
     future: Future[DecoderState]
 
 
 class EngineDead(BaseException):
-    """Raised inside the worker to simulate or signal an unrecoverable failure (kills the loop)."""
+    """Raised inside the worker to signal an unrecoverable failure: it ends the loop."""
 
 
 class Engine:
     def __init__(
         self,
         name: str,
-        runner: ModelRunner,
-        metrics: Metrics,
+        model: DeviceModel,
+        sink: Sink,
         policy: Policy = "continuous",
         max_rows: int = 128,
         max_tokens: int = 8192,
@@ -68,24 +64,21 @@ class Engine:
         max_delay_s: float = 0.01,
         admit_delay_s: float = 0.0,
         overlap_encode: bool = False,
-        publish: Publish = publish,
     ) -> None:
         self.name = name
-        self.runner = runner
-        self.info = runner.info
-        self.metrics = metrics
-        self._publish = publish
+        self.model = model
+        self.batch = model.new_batch()  # its decode_step is the hook for how a step runs
         self.scheduler = Scheduler(policy, max_rows, max_tokens, max_queue, max_delay_s, admit_delay_s)
-        self._cv = threading.Condition()
-        self._running: dict[str, WorkItem] = {}  # admitted: in the batch, or being encoded
+        self.overlap_encode = overlap_encode
+        self.dead: BaseException | None = None
+        self._sink = sink
+        self._cv = threading.Condition()  # guards the scheduler: submit and abort come from other threads
         self._encoder = ThreadPoolExecutor(1, f"encoder-{name}") if overlap_encode else None
         self._encoding: _Encoding | None = None
-        self._aborts: set[str] = set()
         self._accepting = True
         self._stop = False
+        self._last_emit = 0.0
         self._thread: threading.Thread | None = None
-        self.dead: BaseException | None = None
-        self._avg_service_s = 0.5  # EWMA of request time, for Retry-After
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -106,10 +99,7 @@ class Engine:
         with self._cv:
             self._accepting = False
             deadline = time.monotonic() + grace_s
-            while (self.scheduler.waiting or self._running) and self.alive:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
+            while self.scheduler.has_work and self.alive and (left := deadline - time.monotonic()) > 0:
                 self._cv.wait(timeout=min(left, 0.05))
             self._stop = True
             self._cv.notify_all()
@@ -119,212 +109,166 @@ class Engine:
             self._encoder.shutdown(wait=False, cancel_futures=True)
         self._fail_all(EngineUnavailable(f"model {self.name} is shutting down"))
 
-    # -- requests ----------------------------------------------------------------------------
-    def submit(self, requests: list[GenerationRequest], streams: list[Stream], timeout_s: float) -> None:
-        """Queue ``requests`` (all or none); their events arrive on ``streams``."""
-        now = time.monotonic()
-        items = [
-            WorkItem(r.id, r.params.rows, len(r.src_ids), now + timeout_s, now, _Job(r, s, now))
-            for r, s in zip(requests, streams, strict=True)
-        ]
+    # -- requests (any thread) ---------------------------------------------------------------
+    def submit(self, requests: list[Request]) -> None:
+        """Queue ``requests``, all or none; refused ones get an error output each (429 when the queue is full)."""
+        error: ServiceError | None = None
         with self._cv:
             if not self._accepting or not self.alive:
-                raise EngineUnavailable(f"model {self.name} is not accepting requests")
-            try:
-                self.scheduler.add(items)
-            except QueueFull as exc:
-                self.metrics.rejected.labels(self.name, "queue_full").inc(len(items))
-                retry = math.ceil(self._avg_service_s * (len(self.scheduler) + 1) / self.scheduler.max_rows)
-                raise Overloaded(f"model {self.name} is overloaded: {exc}; retry later", retry_after_s=retry) from exc
-            self.metrics.queue_depth.labels(self.name).set(len(self.scheduler))
+                error = EngineUnavailable(f"model {self.name} is not accepting requests")
+            else:
+                try:
+                    self.scheduler.add(requests, time.monotonic())
+                except QueueFull as exc:
+                    retry = self.scheduler.retry_after_s()
+                    error = Overloaded(f"model {self.name} is overloaded: {exc}; retry later", retry_after_s=retry)
             self._cv.notify_all()
+        if error is not None:
+            for r in requests:
+                r.status, r.error = RequestStatus.FAILED, error
+            self._emit([RequestFailed(r.id, error) for r in requests], force=True)
 
-    def abort(self, request_ids: set[str]) -> None:
+    def abort(self, request_ids: set[str] | frozenset[str]) -> None:
         """Cancel these requests wherever they are; their rows leave the batch within one step."""
         with self._cv:
-            self._aborts |= request_ids
+            self.scheduler.abort(request_ids)
             self._cv.notify_all()
-
-    async def metric_families(self) -> list[Metric]:
-        return []  # its metrics are in the app's own registry
-
-    @property
-    def queue_depth(self) -> int:
-        return len(self.scheduler)
-
-    @property
-    def active_rows(self) -> int:
-        return len(self.runner)
 
     # -- the loop ----------------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            while self._iterate():
+            while self.step():
                 pass
         except BaseException as exc:  # noqa: BLE001 - the loop must report whatever killed it
             self.dead = exc
             log.exception("engine %s died", self.name)
             self._fail_all(EngineUnavailable(f"the worker of model {self.name} died: {exc!r}"))
 
-    def _iterate(self) -> bool:
-        """One engine iteration; returns False when the engine should stop."""
-        # 1. wait for work, then take aborts, expired and admitted requests under the lock
+    def step(self) -> bool:
+        """One iteration, as vLLM's ``EngineCore.step``; returns False once the engine is stopped.
+
+        1. schedule: the scheduler takes aborts and deadlines and picks a group to admit;
+        2. apply the plan: the rows of requests that left go, an encoded group joins, the
+           admitted group is encoded (beside the running batch, with an encoder thread);
+        3. run one decoder step for every row of the batch;
+        4. the scheduler turns the step's events into outputs, which go out with the stats.
+        """
         with self._cv:
-            while not (self.scheduler.waiting or self._running or self._aborts or self._stop):
+            while not (self.scheduler.has_work or self._stop):
                 self._cv.wait()
             if self._stop:
                 return False
-            now = time.monotonic()
-            aborts, self._aborts = self._aborts, set()
-            cancelled = self.scheduler.abort(aborts)
-            expired = self.scheduler.expired(now)
-            # One group encodes at a time; arrivals meanwhile wait to form the next, larger group.
-            decision = (
-                self.scheduler.schedule(self._running_rows(), self._running_tokens(), now)
-                if self._encoding is None
-                else Decision([])
-            )
-            for item in decision.admit:
-                self._running[item.request_id] = item
-            self.metrics.queue_depth.labels(self.name).set(len(self.scheduler))
-        # 2. leave: cancelled, queued past their deadline, running past their deadline
-        self.metrics.cancelled.labels(self.name).inc(len(cancelled))
-        for item in expired:
-            self._finish(item, ErrorEvent(DeadlineExceeded("deadline exceeded while queued")))
-        self._drop_running(aborts, now)
-        # 3. join: encode admitted requests into the running batch (beside it, when it is running)
-        self._join_encoded()
-        if decision.admit:
-            if self._encoder is not None and len(self.runner):
-                requests = [item.payload.request for item in decision.admit]
-                self._encoding = _Encoding(decision.admit, self._encoder.submit(self._encode, requests))
-            else:
-                self._admit(decision.admit)
-        # 4. one decoder step for every row, then hand out tokens and results
-        if len(self.runner):
-            self._step()
-        self.metrics.active_rows.labels(self.name).set(len(self.runner))
-        if not len(self.runner) and decision.wait_s:
+            plan = self.scheduler.schedule(time.monotonic(), admit=self._encoding is None)
+        outputs = self._retire(plan.left)
+        outputs += self._join_encoded()
+        if plan.admit:
+            outputs += self._encode(plan.admit)
+        if len(self.batch):
+            outputs += self._decode()
+        self._emit(outputs)
+        if not len(self.batch) and plan.wait_s:
             with self._cv:
-                self._cv.wait(timeout=decision.wait_s)
+                self._cv.wait(timeout=plan.wait_s)
         return True
 
-    def _running_rows(self) -> int:
-        return sum(item.rows for item in self._running.values())
+    def _retire(self, requests: list[Request]) -> list[Output]:
+        """The one way out of the batch for requests that did not finish: aborted or failed."""
+        if not requests:
+            return []
+        self.batch.remove({r.id for r in requests})
+        return [RequestFailed(r.id, r.error) for r in requests if r.error is not None]
 
-    def _running_tokens(self) -> int:
-        return sum(item.src_tokens * item.rows for item in self._running.values())
-
-    def _drop_running(self, aborts: set[str], now: float) -> None:
-        late = {rid for rid, item in self._running.items() if item.deadline <= now}
-        gone = (aborts & self._running.keys()) | late
-        if not gone:
-            return
-        self.runner.remove(gone)
-        for rid in gone:
-            item = self._running.pop(rid)
-            if rid in late and rid not in aborts:
-                self._finish(item, ErrorEvent(DeadlineExceeded("deadline exceeded during generation")))
-            else:
-                self.metrics.cancelled.labels(self.name).inc()
-                item.payload.stream.closed = True
-        with self._cv:
-            self._cv.notify_all()
-
-    def _admit(self, items: list[WorkItem]) -> None:
-        requests = [item.payload.request for item in items]
+    def _encode(self, group: list[Request]) -> list[Output]:
+        """Encode an admitted group: beside the running batch, or on the worker and join at once."""
+        if self._encoder is not None and len(self.batch):
+            self._encoding = _Encoding(group, self._encoder.submit(self._timed_encode, group))
+            return []
         try:
-            self.runner.join(requests, self._encode(requests))
+            state = self._timed_encode(group)
         except Exception as exc:
-            self._encoding_failed(items, exc)
+            return self._encoding_failed(group, exc)
+        return self._join(group, state)
 
-    def _encode(self, requests: list[GenerationRequest]) -> DecoderState:
-        t0 = time.monotonic()
-        state = self.runner.encode(requests)
-        self.metrics.time_per_encode.labels(self.name).observe(time.monotonic() - t0)
-        return state
-
-    def _join_encoded(self) -> None:
+    def _join_encoded(self) -> list[Output]:
         """Join the group from the encoder thread once it is encoded; wait for it only when
         nothing else is left to decode."""
         encoding = self._encoding
-        if encoding is None or (len(self.runner) and not encoding.future.done()):
-            return
+        if encoding is None or (len(self.batch) and not encoding.future.done()):
+            return []
         self._encoding = None
-        requests = [item.payload.request for item in encoding.items]
         try:
-            self.runner.join(requests, encoding.future.result())
+            state = encoding.future.result()
         except Exception as exc:
-            self._encoding_failed(encoding.items, exc)
-            return
-        gone = {r.id for r in requests} - self._running.keys()  # cancelled or expired while encoding
-        if gone:
-            self.runner.remove(gone)
+            return self._encoding_failed(encoding.requests, exc)
+        return self._join(encoding.requests, state)
 
-    def _encoding_failed(self, items: list[WorkItem], exc: Exception) -> None:
+    def _join(self, group: list[Request], state: DecoderState) -> list[Output]:
+        """Append the group's rows to the batch, without those that left while it was encoded."""
+        live = [r for r in group if r.status is RequestStatus.ENCODING]
+        if len(live) < len(group):
+            if not live:
+                return []
+            rows, offset = [], 0
+            for r in group:
+                if r.status is RequestStatus.ENCODING:
+                    rows.extend(range(offset, offset + r.rows))
+                offset += r.rows
+            state = state.select(torch.tensor(rows, device=self.model.device))
+        self.batch.join(live, state)
+        with self._cv:
+            self.scheduler.joined(live)
+        return []
+
+    def _timed_encode(self, group: list[Request]) -> DecoderState:
+        t0 = time.monotonic()
+        state = self.batch.encode(group)
+        with self._cv:
+            self.scheduler.stats.encode_seconds.append(time.monotonic() - t0)
+        return state
+
+    def _encoding_failed(self, group: list[Request], exc: Exception) -> list[Output]:
         log.error("engine %s: encoding failed", self.name, exc_info=exc)
-        self.metrics.engine_errors.labels(self.name).inc()
-        self.runner.remove({item.request_id for item in items})
-        for item in items:
-            if self._running.pop(item.request_id, None) is not None:
-                self._finish(item, ErrorEvent(InternalError(f"encoding failed: {exc}")))
+        with self._cv:
+            self.scheduler.stats.errors += 1
+            failed = self.scheduler.fail(group, InternalError(f"encoding failed: {exc}"))
+        return self._retire(failed)
 
-    def _step(self) -> None:
-        rows = len(self.runner)
+    def _decode(self) -> list[Output]:
+        """One decoder step; an exception fails the requests of the batch and the worker serves on."""
+        rows = len(self.batch)
         t0, cpu0 = time.monotonic(), time.thread_time()
         try:
-            events = self.runner.step()
+            events = self.batch.step()
         except Exception as exc:
-            # Fail only the requests of this batch; the worker keeps serving.
             log.exception("engine %s: decoder step failed", self.name)
-            self.metrics.engine_errors.labels(self.name).inc()
-            for rid in self.runner.reset():
-                item = self._running.pop(rid, None)
-                if item is not None:
-                    self._finish(item, ErrorEvent(InternalError(f"inference failed: {exc}")))
-            return
-        now = time.monotonic()
-        self.metrics.batch_size.labels(self.name).observe(rows)
-        self.metrics.time_per_step.labels(self.name).observe(now - t0)
-        self.metrics.step_cpu.labels(self.name).inc(time.thread_time() - cpu0)
-        self._dispatch(events, now)
-
-    def _dispatch(self, events: list[StepEvent], now: float) -> None:
-        tokens = 0
-        out: list[tuple[Stream, Event]] = []
-        for event in events:
-            item = self._running.get(event.request_id)
-            if item is None:
-                continue
-            job: _Job = item.payload
-            if event.token is not None:
-                tokens += 1
-                if not job.first_token_seen:
-                    job.first_token_seen = True
-                    self.metrics.ttft.labels(self.name).observe(now - job.submitted)
-                out.append((job.stream, TokenEvent(event.token)))
-            if event.finished is not None:
-                del self._running[event.request_id]
-                if job.request.params.beam_size > 1:
-                    tokens += len(event.finished[0].tokens)
-                if not job.first_token_seen:
-                    self.metrics.ttft.labels(self.name).observe(now - job.submitted)
-                self._avg_service_s = 0.9 * self._avg_service_s + 0.1 * (now - job.submitted)
-                out.append((job.stream, FinalEvent(event.finished)))
-        self._publish(out)
-        self.metrics.generated_tokens.labels(self.name).inc(tokens)
-        if not self._running:
             with self._cv:
-                self._cv.notify_all()
+                self.scheduler.stats.errors += 1
+                failed = self.scheduler.fail(self.scheduler.in_batch(), InternalError(f"inference failed: {exc}"))
+            return self._retire(failed)
+        now = time.monotonic()
+        with self._cv:
+            stats = self.scheduler.stats
+            stats.step_rows.append(rows)
+            stats.step_seconds.append(now - t0)
+            stats.step_cpu_seconds += time.thread_time() - cpu0
+            return self.scheduler.update(events, now)
 
-    def _finish(self, item: WorkItem, event: FinalEvent | ErrorEvent) -> None:
-        self._publish([(item.payload.stream, event)])
+    def _emit(self, outputs: list[Output], force: bool = False) -> None:
+        """Send one iteration's outputs with the statistics since the last message. Iterations
+        without outputs send their statistics only now and then, and when the engine goes idle."""
+        with self._cv:
+            now = time.monotonic()
+            if not (outputs or force):
+                stats = self.scheduler.stats
+                due = now - self._last_emit >= STATS_INTERVAL_S or not self.scheduler.has_work
+                if stats.empty or not due:
+                    return
+            self._last_emit = now
+            message = Outputs(outputs, self.scheduler.take_stats())
+        self._sink(message)
 
     def _fail_all(self, error: ServiceError) -> None:
         with self._cv:
-            items = [*self.scheduler.waiting, *self._running.values()]
-            self.scheduler.waiting.clear()
-            self._running.clear()
-        for item in items:
-            if not item.payload.stream.closed:
-                self._finish(item, ErrorEvent(error))
+            failed = self.scheduler.fail_all(error)
+            self._cv.notify_all()
+        self._emit([RequestFailed(r.id, error) for r in failed], force=True)

@@ -1,30 +1,25 @@
 """An engine in a process of its own, so that its decoder steps never wait for the HTTP process's GIL.
 
-In one process each of the ~60 PyTorch calls of a decoder step releases the GIL and must
-win it back from the event loop (HTTP parsing, validation, tokenisation); under load about
-a fifth of every step went to that wait (``seq2seq_decode_step_cpu_seconds`` against the
-steps' wall time). As vLLM does with its engine core, :class:`EngineProcess` runs the
-model's :class:`~service.engine.engine.Engine` in a child process and talks to it over a
-pipe. The children fork from one server process that imported torch once (``forkserver``):
-against spawning each, six models start in 3.3 s instead of 7.0 s, with 0.95 GB of PSS
-instead of 1.42. The messages:
+In one process each of the PyTorch calls of a decoder step releases the GIL and must win
+it back from the event loop (HTTP parsing, validation, tokenisation), and under load the
+steps spend a good part of their time in that wait. As vLLM does with its engine core,
+:class:`EngineProcess` runs the model's :class:`~service.engine.engine.Engine` in a child
+process and talks to it over a pipe, in the messages of :mod:`service.engine.messages`:
+commands (``Submit``, ``Abort``, ``Stop``) one way; ``Loaded`` or ``LoadFailed`` once, then
+``Outputs`` (every output of one iteration, with the engine's statistics), ``Died`` and
+``Stopped`` the other. The children fork from one server process that imported torch once
+(``forkserver``), which starts several models faster and in less memory than spawning each.
 
-- HTTP process to engine: ``submit`` (requests, which of them stream tokens, timeout),
-  ``abort``, ``metrics`` (a ``/metrics`` scrape), ``stop`` (drain, then exit);
-- engine to HTTP process: ``ready`` or ``failed`` once, then ``events`` (every event of one
-  decoder step in one message), ``metrics``, ``dead`` (the worker died), ``stopped``.
-
-The HTTP side reads the pipe on its event loop (``loop.add_reader``), so events reach the
+The HTTP side reads the pipe on its event loop (``loop.add_reader``), so outputs reach the
 waiting handlers without a thread hop. The engine process owns admission: a full queue
-comes back as an error event on each stream. If the process dies, every request in flight
-fails with 503 and readiness turns 503, as for a dead worker thread.
+comes back as an error output for each request. If the process dies, every request in
+flight fails with 503 and readiness turns 503, as for a dead worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import multiprocessing
 import pickle
@@ -36,38 +31,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from prometheus_client import Metric
 
 from seq2seq.checkpoint import load_tokenizers
-from seq2seq.generation import GenerationRequest
+from service.engine.client import EngineClient, EngineInfo
 from service.engine.engine import Engine, EngineDead
-from service.engine.handle import EngineInfo
 from service.engine.loader import build_engine, freeze_startup_heap, torch_threads
-from service.engine.streams import ErrorEvent, Event, FinalEvent, RequestStream, Stream, outgoing
-from service.errors import EngineUnavailable, ServiceError
+from service.engine.messages import Abort, Command, Died, Loaded, LoadFailed, Outputs, Report, Stop, Stopped, Submit
+from service.engine.request import Request, RequestFailed
+from service.errors import EngineUnavailable
 from service.metrics import Metrics
 from service.settings import Settings, configure_logging
 
 log = logging.getLogger("service.engine")
 
-SCRAPE_TIMEOUT_S = 2.0
 
-
-# Messages are plain data (requests, events, metric families) and go through plain pickle:
-# ``Connection.send`` pickles with multiprocessing's ForkingPickler, which copies its table of
-# reducers (torch registers many) for every message, about 20 us a request on each side.
-def _send(conn: Connection, message: tuple[Any, ...]) -> None:
+# Messages are plain data and go through plain pickle: ``Connection.send`` pickles with
+# multiprocessing's ForkingPickler, which copies its table of reducers (torch registers many)
+# for every message.
+def _send(conn: Connection, message: Command | Report) -> None:
     conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
 
 
-def _recv(conn: Connection) -> tuple[Any, ...]:
-    message: tuple[Any, ...] = pickle.loads(conn.recv_bytes())
-    return message
+def _recv(conn: Connection) -> Any:
+    return pickle.loads(conn.recv_bytes())
 
 
-class EngineProcess:
-    """The HTTP process's side of an engine process; used on the event loop it was started for
-    (``submit``, ``abort``, ``metric_families``) and from any thread (``stop``)."""
+class EngineProcess(EngineClient):
+    """The HTTP process's side of an engine process."""
 
     def __init__(
         self,
@@ -75,19 +65,16 @@ class EngineProcess:
         info: EngineInfo,
         process: BaseProcess,
         conn: Connection,
+        metrics: Metrics,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self.name = name
+        super().__init__(name, metrics)
         self.info = info
-        self.dead: BaseException | None = None
+        self._dead: BaseException | None = None
         self._process = process
         self._conn = conn
         self._loop = loop
         self._send_lock = threading.Lock()
-        self._streams: dict[str, RequestStream] = {}
-        self._scrapes: dict[int, asyncio.Future[list[Metric]]] = {}
-        self._scrape_ids = itertools.count()
-        self._accepting = True
         self._stopped = threading.Event()
         loop.call_soon_threadsafe(loop.add_reader, conn.fileno(), self._on_readable)
 
@@ -98,6 +85,7 @@ class EngineProcess:
         path: Path,
         manifest: dict[str, Any],
         settings: Settings,
+        metrics: Metrics,
         loop: asyncio.AbstractEventLoop,
         timeout_s: float = 600.0,
     ) -> EngineProcess:
@@ -124,67 +112,46 @@ class EngineProcess:
             raise RuntimeError(
                 f"the engine process of {name} exited with code {process.exitcode} while loading"
             ) from exc
-        if message[0] == "failed":
+        if isinstance(message, LoadFailed):
             process.join(5)
             conn.close()
-            raise RuntimeError(message[1])
-        _, device, dtype, quantization = message
-        info = EngineInfo(tokenizers["source"], tokenizers["target"], device, dtype, quantization)
-        return cls(name, info, process, conn, loop)
+            raise RuntimeError(message.error)
+        assert isinstance(message, Loaded)
+        info = EngineInfo(
+            tokenizers["source"], tokenizers["target"], message.device, message.dtype, message.quantization
+        )
+        return cls(name, info, process, conn, metrics, loop)
+
+    @property
+    def dead(self) -> BaseException | None:
+        return self._dead
 
     @property
     def alive(self) -> bool:
-        # No system call to ask the process (several per request, 5% of the HTTP process's time):
-        # a process that dies closes its end of the pipe, and the event loop marks it dead on EOF.
-        return self.dead is None and not self._stopped.is_set()
+        # No system call to ask the process: a process that dies closes its end of the pipe,
+        # and the event loop marks it dead on EOF.
+        return self._dead is None and not self._stopped.is_set()
 
     @property
     def pid(self) -> int | None:
         return self._process.pid
 
-    # -- requests (on the event loop) ---------------------------------------------------------
-    def submit(self, requests: list[GenerationRequest], streams: list[RequestStream], timeout_s: float) -> None:
-        if not self._accepting or not self.alive:
-            raise EngineUnavailable(f"model {self.name} is not accepting requests")
-        for stream in streams:
-            self._streams[stream.request_id] = stream
+    def _send_submit(self, requests: list[Request]) -> None:
         try:
-            self._send(("submit", requests, [s.tokens for s in streams], timeout_s))
+            self._send(Submit(requests))
         except OSError as exc:
-            for stream in streams:
-                self._streams.pop(stream.request_id, None)
             raise EngineUnavailable(f"the engine process of model {self.name} is gone") from exc
 
-    def abort(self, request_ids: set[str]) -> None:
-        for request_id in request_ids:
-            stream = self._streams.pop(request_id, None)
-            if stream is not None:
-                stream.closed = True
+    def _send_abort(self, request_ids: frozenset[str]) -> None:
         with contextlib.suppress(OSError):
-            self._send(("abort", request_ids))
+            self._send(Abort(request_ids))
 
-    async def metric_families(self) -> list[Metric]:
-        if not self.alive:
-            return []
-        scrape = next(self._scrape_ids)
-        future: asyncio.Future[list[Metric]] = self._loop.create_future()
-        self._scrapes[scrape] = future
-        try:
-            self._send(("metrics", scrape))
-            return await asyncio.wait_for(future, SCRAPE_TIMEOUT_S)
-        except (OSError, TimeoutError):
-            log.warning("engine %s: no metrics within %gs", self.name, SCRAPE_TIMEOUT_S)
-            return []
-        finally:
-            self._scrapes.pop(scrape, None)
-
-    # -- lifecycle ----------------------------------------------------------------------------
     def stop(self, grace_s: float = 0.0) -> None:
         """Drain the engine process for up to ``grace_s`` (its requests finish or fail), then end it."""
         self._accepting = False
         if self._process.is_alive() and not self._stopped.is_set():
             with contextlib.suppress(OSError):
-                self._send(("stop", grace_s))
+                self._send(Stop(grace_s))
             self._stopped.wait(grace_s + 10)
         self._process.join(5)
         if self._process.is_alive():
@@ -192,7 +159,7 @@ class EngineProcess:
             self._process.kill()
             self._process.join(5)
 
-    def _send(self, message: tuple[Any, ...]) -> None:
+    def _send(self, message: Command) -> None:
         with self._send_lock:
             _send(self._conn, message)
 
@@ -203,25 +170,15 @@ class EngineProcess:
         except (EOFError, OSError):
             self._lost()
 
-    def _handle(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "events":
-            for request_id, event in message[1]:
-                stream = self._streams.get(request_id)
-                if stream is None:  # aborted: nobody listens
-                    continue
-                if isinstance(event, FinalEvent | ErrorEvent):
-                    del self._streams[request_id]
-                stream.deliver(event)
-        elif kind == "metrics":
-            future = self._scrapes.get(message[1])
-            if future is not None and not future.done():
-                future.set_result(message[2])
-        elif kind == "dead":
-            self.dead = EngineDead(message[1])
-            log.error("engine %s: the worker of the engine process died: %s", self.name, message[1])
-        elif kind == "stopped":
-            self._stopped.set()
+    def _handle(self, message: Report) -> None:
+        match message:
+            case Outputs():
+                self.deliver(message)
+            case Died(reason):
+                self._dead = EngineDead(reason)
+                log.error("engine %s: the worker of the engine process died: %s", self.name, reason)
+            case Stopped():
+                self._stopped.set()
 
     def _lost(self) -> None:
         """The pipe closed: the process exited after a stop, or died."""
@@ -229,82 +186,70 @@ class EngineProcess:
         if not self._stopped.is_set():
             self._process.join(1)
             reason = f"the engine process exited with code {self._process.exitcode}"
-            self.dead = self.dead or EngineDead(reason)
+            self._dead = self._dead or EngineDead(reason)
             log.error("engine %s: %s", self.name, reason)
-        error = EngineUnavailable(f"model {self.name} is unavailable: {self.dead or 'stopped'}")
+        error = EngineUnavailable(f"model {self.name} is unavailable: {self._dead or 'stopped'}")
         streams, self._streams = self._streams, {}
         for stream in streams.values():
-            stream.deliver(ErrorEvent(error))
+            stream.put(RequestFailed(stream.request_id, error))
         self._stopped.set()
         self._conn.close()
 
 
 # -- the engine process ---------------------------------------------------------------------------
 class _Pipe:
-    """The engine process's end: what its engine publishes goes out as one message per call."""
+    """The engine process's end of the pipe; its engine's worker and its command loop both send."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self._lock = threading.Lock()  # the worker and the command loop both send
+        self._lock = threading.Lock()
 
-    def send(self, message: tuple[Any, ...]) -> None:
+    def send(self, message: Report) -> None:
         with self._lock, contextlib.suppress(OSError):  # the HTTP process is gone: the command loop ends us
             _send(self.conn, message)
 
-    def publish(self, events: list[tuple[Stream, Event]]) -> None:
-        out = [(stream.request_id, event) for stream, event in outgoing(events)]
-        if out:
-            self.send(("events", out))
-
 
 def serve(conn: Connection, name: str, path: Path, settings: Settings) -> None:
-    """Main function of an engine process: load, report ready, then serve commands until stopped."""
+    """Main function of an engine process: load, report, then serve commands until stopped."""
     # Ctrl-C reaches the whole process group, and systemd's stop sends SIGTERM to every process
-    # of the service: the HTTP process drains its engines, which end on its "stop" or when its
+    # of the service: the HTTP process drains its engines, which end on its Stop or when its
     # end of the pipe closes, never half-way through the drain.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(settings)
     torch.set_num_threads(torch_threads(settings))
     pipe = _Pipe(conn)
-    metrics = Metrics(process=False)
     try:
-        engine = build_engine(name, path, settings, metrics, publish=pipe.publish)
+        engine = build_engine(name, path, settings, pipe.send)
     except Exception as exc:  # noqa: BLE001 - whatever failed the load is reported as the model's error
-        pipe.send(("failed", str(exc) or repr(exc)))
+        pipe.send(LoadFailed(str(exc) or repr(exc)))
         return
     freeze_startup_heap()
-    pipe.send(("ready", engine.info.device, engine.info.dtype, engine.info.quantization))
+    model = engine.model
+    pipe.send(Loaded(str(model.device), model.dtype_name, model.quantization))
     threading.Thread(target=_report_death, args=(engine, pipe), name="engine-watch", daemon=True).start()
-    _serve_commands(engine, pipe, metrics)
+    _serve_commands(engine, pipe)
 
 
 def _report_death(engine: Engine, pipe: _Pipe) -> None:
     engine.wait()
     if engine.dead is not None:
-        pipe.send(("dead", repr(engine.dead)))
+        pipe.send(Died(repr(engine.dead)))
 
 
-def _serve_commands(engine: Engine, pipe: _Pipe, metrics: Metrics) -> None:
+def _serve_commands(engine: Engine, pipe: _Pipe) -> None:
     while True:
         try:
-            message = _recv(pipe.conn)
+            command: Command = _recv(pipe.conn)
         except (EOFError, OSError):  # the HTTP process is gone
             engine.stop(0)
             return
-        kind = message[0]
-        if kind == "submit":
-            _, requests, tokens, timeout_s = message
-            streams = [Stream(r.id, t) for r, t in zip(requests, tokens, strict=True)]
-            try:
-                engine.submit(requests, streams, timeout_s)
-            except ServiceError as exc:
-                pipe.publish([(stream, ErrorEvent(exc)) for stream in streams])
-        elif kind == "abort":
-            engine.abort(message[1])
-        elif kind == "metrics":
-            pipe.send(("metrics", message[1], [f for f in metrics.registry.collect() if f.samples]))
-        elif kind == "stop":
-            engine.stop(message[1])
-            pipe.send(("stopped",))
-            return
+        match command:
+            case Submit(requests):
+                engine.submit(requests)
+            case Abort(request_ids):
+                engine.abort(request_ids)
+            case Stop(grace_s):
+                engine.stop(grace_s)
+                pipe.send(Stopped())
+                return

@@ -9,7 +9,7 @@ import pytest
 
 from bench import step_profile
 from bench.bare import server_requests
-from service.engine.runner import ModelRunner
+from service.engine.loader import load_model
 from tests.tiny_models import _sentences, make_tiny_store
 
 
@@ -19,16 +19,17 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_refill_keeps_the_batch_full_with_fresh_ids(tiny_store: Path) -> None:
-    runner = ModelRunner.load(str(tiny_store / "translate-de-en" / "1"), "cpu")
-    requests = server_requests(runner.loaded.source_tokenizer, _sentences("de", 5, 3))
-    refill = step_profile._Refill(runner.batch, requests, rows=12)
+    model = load_model(tiny_store / "translate-de-en" / "1", "cpu")
+    batch = model.new_batch()
+    requests = server_requests(model.loaded.source_tokenizer, _sentences("de", 5, 3))
+    refill = step_profile._Refill(batch, requests, rows=12)
     refill.encode_ahead(1)
     seen: set[str] = set()
     for _ in range(20):
         refill()
-        assert len(runner.batch) >= 12
-        seen.update(runner.batch.request_ids)
-        runner.batch.step()
+        assert len(batch) >= 12
+        seen.update(batch.request_ids)
+        batch.step()
     assert len(seen) > 12  # rows finished and were replaced
     assert not refill.ready  # the group encoded ahead was joined first
     assert all(rid.rsplit("-", 1)[0] in {r.id for r in requests} for rid in seen)

@@ -1,4 +1,8 @@
-"""Engine behaviour through the app: batching, overload, deadlines, faults, cancellation."""
+"""Engine behaviour through the app: batching, overload, deadlines, faults, cancellation.
+
+The engine is driven over HTTP; its decoder steps are observed, held and failed through the
+batch's ``decode_step`` hook (:class:`Steps`), so the tests wait for events, not for time.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,12 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from fastapi import FastAPI
 
+from service.engine.client import LocalEngine
 from service.engine.engine import Engine, EngineDead
 from tests.service.conftest import AppClient
 
@@ -20,24 +26,70 @@ SENTENCES = [
     "Eine Frau.",
     "Ein rot Ball im Park mit einem Hund und zwei Kinder spielt.",
 ]
+LONG = {"text": SENTENCES[3], "min_length": 60, "max_length": 60}
 
 
-def engine(app: FastAPI, name: str = "translate-de-en") -> Engine:
-    e = app.state.registry.entries[name].engine
-    assert e is not None
-    return e
+def core(app: FastAPI, name: str = "translate-de-en") -> Engine:
+    client = app.state.registry.entries[name].engine
+    assert isinstance(client, LocalEngine)
+    return client.core
 
 
-def slow_down(app: FastAPI, seconds: float, name: str = "translate-de-en") -> None:
-    """Make every decoder step of ``name`` take at least ``seconds`` (the step still runs for real)."""
-    runner = engine(app, name).runner
-    real_step = runner.step
+class Steps:
+    """The decoder steps of one engine, through its batch's ``decode_step`` hook: counted, held at
+    a gate (:meth:`hold`, :meth:`allow`), slowed (``delay_s``) or failed (``fail_at``)."""
 
-    def step():
-        time.sleep(seconds)
-        return real_step()
+    def __init__(self, app: FastAPI, name: str = "translate-de-en") -> None:
+        batch = core(app, name).batch
+        self._step = batch.decode_step
+        batch.decode_step = self
+        self.calls = 0
+        self.delay_s = 0.0
+        self.fail_at: dict[int, BaseException] = {}  # step number -> what it raises
+        self.blocked = threading.Event()  # a step waits at the gate
+        self._allowed: int | None = None  # steps that may start; None: no gate
+        self._cv = threading.Condition()
 
-    runner.step = step  # type: ignore[method-assign]
+    def hold(self) -> None:
+        """Steps from now on wait at the gate."""
+        self.allow(0)
+
+    def allow(self, steps: int | None = None) -> None:
+        """Let ``steps`` more steps through the gate; None opens it."""
+        with self._cv:
+            self._allowed = steps
+            self._cv.notify_all()
+
+    async def wait_blocked(self) -> None:
+        assert await asyncio.to_thread(self.blocked.wait, 10), "no step reached the gate"
+
+    def __call__(self, tokens, state):
+        with self._cv:
+            while self._allowed == 0:
+                self.blocked.set()
+                self._cv.wait()
+            self.blocked.clear()
+            if self._allowed is not None:
+                self._allowed -= 1
+            self.calls += 1
+            error = self.fail_at.get(self.calls)
+        if error is not None:
+            raise error
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return self._step(tokens, state)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait for ``condition``, which the engine's threads make true."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+def live_requests(engine: Engine) -> int:
+    return len(engine.scheduler.waiting) + len(engine.scheduler.running)
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
@@ -57,84 +109,86 @@ async def test_32_concurrent_requests_are_batched_and_match_sequential(app_clien
             r = await client.post("/translate", json={"text": t, "max_length": 20})
             alone.append(r.json()["translations"][0]["text"])
         before = (await client.get("/metrics")).text
-        slow_down(app, 0.002)  # keep requests overlapping on a fast machine
-        responses = await asyncio.gather(
-            *(client.post("/translate", json={"text": t, "max_length": 20}) for t in texts)
-        )
+        steps = Steps(app)
+        steps.hold()  # the first batch waits until every request is queued
+        pending = [asyncio.create_task(client.post("/translate", json={"text": t, "max_length": 20})) for t in texts]
+        await until(lambda: live_requests(core(app)) == 32)
+        steps.allow()
+        responses = await asyncio.gather(*pending)
         assert all(r.status_code == 200 for r in responses)
         together = [r.json()["translations"][0]["text"] for r in responses]
         assert together == alone  # batching never changes a greedy result
         after = (await client.get("/metrics")).text
-        steps = metric(after, "seq2seq_batch_size_count") - metric(before, "seq2seq_batch_size_count")
+        step_count = metric(after, "seq2seq_batch_size_count") - metric(before, "seq2seq_batch_size_count")
         rows = metric(after, "seq2seq_batch_size_sum") - metric(before, "seq2seq_batch_size_sum")
         if batching == "none":
-            assert rows == steps  # one row per step
+            assert rows == step_count  # one row per step
         else:
-            assert rows / steps > 2  # several requests shared decoder steps
+            assert rows / step_count > 2  # several requests shared decoder steps
 
 
 async def test_new_request_joins_running_batch(app_client: AppClient) -> None:
-    """Continuous batching: a short request admitted while a long one runs finishes first."""
+    """Continuous batching: a short request that arrives while a long one runs joins its batch and
+    finishes while the long one still has steps to go."""
     async with app_client() as (client, app):
-        slow_down(app, 0.01)
-        long = asyncio.create_task(
-            client.post("/translate", json={"text": SENTENCES[3], "min_length": 60, "max_length": 60})
-        )
-        await asyncio.sleep(0.15)
-        t0 = time.monotonic()
-        short = await client.post("/translate", json={"text": SENTENCES[2], "max_length": 3})
-        short_s = time.monotonic() - t0
-        assert short.status_code == 200
-        assert not long.done()
+        steps = Steps(app)
+        steps.hold()
+        long = asyncio.create_task(client.post("/translate", json=LONG))
+        await steps.wait_blocked()  # the long request is in the batch, at its first step
+        short = asyncio.create_task(client.post("/translate", json={"text": SENTENCES[2], "max_length": 3}))
+        await until(lambda: len(core(app).scheduler.waiting) == 1)
+        steps.allow(5)  # the short request needs 3 steps; the long one 60
+        assert (await short).status_code == 200
+        await steps.wait_blocked()
+        assert not long.done() and steps.calls == 5
+        steps.allow()
         assert (await long).status_code == 200
-        assert short_s < 0.4  # 3 steps of ~10 ms, not the ~0.6 s the long request needs
 
 
 async def test_queue_full_is_429_with_retry_after(app_client: AppClient) -> None:
     async with app_client(max_queue=2, max_texts=2, max_batch_rows=1, max_beam_size=1) as (client, app):
-        slow_down(app, 0.02)
+        steps = Steps(app)
+        steps.hold()
         req = {"text": SENTENCES[0], "min_length": 10, "max_length": 10}
-        responses = await asyncio.gather(*(client.post("/translate", json=req) for _ in range(8)))
+        first = asyncio.create_task(client.post("/translate", json=req))
+        await steps.wait_blocked()  # running: the one row is taken
+        others = [asyncio.create_task(client.post("/translate", json=req)) for _ in range(7)]
+        await until(lambda: sum(t.done() for t in others) == 5)  # 2 queued, 5 refused
+        steps.allow()
+        responses = [await first, *await asyncio.gather(*others)]
         codes = sorted(r.status_code for r in responses)
-        assert 429 in codes and 200 in codes
+        assert codes == [200] * 3 + [429] * 5
         rejected = next(r for r in responses if r.status_code == 429)
         assert int(rejected.headers["retry-after"]) >= 1
         assert rejected.json()["error"]["code"] == "overloaded"
         text = (await client.get("/metrics")).text
-        assert metric(text, "seq2seq_rejected_total", '{model="translate-de-en",reason="queue_full"}') == codes.count(
-            429
-        )
+        assert metric(text, "seq2seq_rejected_total", '{model="translate-de-en",reason="queue_full"}') == 5
 
 
 async def test_deadline_is_504_in_queue_and_during_generation(app_client: AppClient) -> None:
     async with app_client(max_batch_rows=1, max_beam_size=1) as (client, app):
-        slow_down(app, 0.02)
-        running = client.post(
-            "/translate", json={"text": SENTENCES[0], "min_length": 40, "max_length": 40, "timeout": 0.3}
+        steps = Steps(app)
+        steps.hold()
+        running = asyncio.create_task(
+            client.post("/translate", json={"text": SENTENCES[0], "min_length": 40, "max_length": 40, "timeout": 0.3})
         )
-        queued = client.post("/translate", json={"text": SENTENCES[1], "timeout": 0.2})
-        r_running, r_queued = await asyncio.gather(running, queued)
+        await steps.wait_blocked()
+        queued = asyncio.create_task(client.post("/translate", json={"text": SENTENCES[1], "timeout": 0.2}))
+        await until(lambda: len(core(app).scheduler.waiting) == 1)
+        await asyncio.sleep(0.3)  # both deadlines pass while the step is held
+        steps.allow()
+        r_running, r_queued = await running, await queued
         assert r_running.status_code == 504 and "during generation" in r_running.json()["error"]["message"]
         assert r_queued.status_code == 504 and "queued" in r_queued.json()["error"]["message"]
         assert r_queued.json()["error"]["code"] == "deadline_exceeded"
-        assert engine(app).active_rows == 0
+        assert len(core(app).batch) == 0
         ok = await client.post("/translate", json={"text": SENTENCES[1], "max_length": 5})
         assert ok.status_code == 200
 
 
 async def test_exception_in_a_batch_fails_only_that_batch(app_client: AppClient) -> None:
     async with app_client() as (client, app):
-        runner = engine(app).runner
-        real_step = runner.step
-        calls = {"n": 0}
-
-        def flaky():
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise RuntimeError("simulated kernel failure")
-            return real_step()
-
-        runner.step = flaky  # type: ignore[method-assign]
+        Steps(app).fail_at[2] = RuntimeError("simulated kernel failure")
         r = await client.post("/translate", json={"text": SENTENCES[0], "min_length": 5, "max_length": 5})
         assert r.status_code == 500
         assert r.json()["error"] == {"code": "internal_error", "message": "inference failed: simulated kernel failure"}
@@ -143,16 +197,13 @@ async def test_exception_in_a_batch_fails_only_that_batch(app_client: AppClient)
         assert (await client.get("/health/ready")).status_code == 200
         other = await client.post("/chat", json={"message": "hello"})
         assert other.status_code == 200
+        text = (await client.get("/metrics")).text
+        assert metric(text, "seq2seq_engine_errors_total", '{model="translate-de-en"}') == 1
 
 
 async def test_dead_worker_makes_ready_503(app_client: AppClient) -> None:
     async with app_client() as (client, app):
-        runner = engine(app).runner
-
-        def die():
-            raise EngineDead("simulated fatal failure")
-
-        runner.step = die  # type: ignore[method-assign]
+        Steps(app).fail_at[1] = EngineDead("simulated fatal failure")
         r = await client.post("/translate", json={"text": SENTENCES[0]})
         assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
         assert r.headers["retry-after"] == "1"
@@ -161,38 +212,35 @@ async def test_dead_worker_makes_ready_503(app_client: AppClient) -> None:
         assert ready.json()["error"]["details"]["models"]["translate-de-en"] == "dead"
         assert (await client.get("/health/live")).status_code == 200
         again = await client.post("/translate", json={"text": SENTENCES[0], "model": "translate-de-en"})
-        assert again.status_code == 503
+        assert again.status_code == 503 and "engine died" in again.json()["error"]["message"]
         fallback = await client.post(
             "/translate", json={"text": SENTENCES[0], "source_lang": "de", "target_lang": "en"}
         )
         assert fallback.status_code == 200  # the pair's other model takes over the default
         assert fallback.json()["model"] == "translate-de-en-basic"
         models = {m["name"]: m for m in (await client.get("/models")).json()["models"]}
-        assert models["translate-de-en"]["status"] == "failed" and "simulated" in models["translate-de-en"]["error"]
+        assert models["translate-de-en"]["status"] == "dead" and "simulated" in models["translate-de-en"]["error"]
         assert (await client.post("/chat", json={"message": "hello"})).status_code == 200
 
 
 async def test_abort_removes_rows_within_a_step(app_client: AppClient) -> None:
     """What a client disconnect triggers: the request's rows leave the running batch."""
     async with app_client() as (client, app):
-        slow_down(app, 0.01)
-        eng = engine(app)
+        steps = Steps(app)
+        steps.hold()
         task = asyncio.create_task(
             client.post("/translate", json={"text": SENTENCES[0], "min_length": 200, "max_length": 200})
         )
-        for _ in range(100):
-            await asyncio.sleep(0.02)
-            if eng.active_rows:
-                break
-        assert eng.active_rows == 1
+        await steps.wait_blocked()
+        assert len(core(app).batch) == 1
         task.cancel()  # the in-process client goes away: the handler is cancelled
         with pytest.raises(asyncio.CancelledError):
             await task
-        for _ in range(50):
-            await asyncio.sleep(0.02)
-            if eng.active_rows == 0:
-                break
-        assert eng.active_rows == 0
+        steps.allow(1)  # the held step finishes; the next iteration takes the abort
+        await until(lambda: len(core(app).batch) == 0)
+        assert steps.calls == 1  # gone before another step ran
+        steps.allow()
+        await until(lambda: not core(app).scheduler.has_work)
         text = (await client.get("/metrics")).text
         assert metric(text, "seq2seq_cancelled_total", '{model="translate-de-en"}') == 1
 
@@ -200,11 +248,11 @@ async def test_abort_removes_rows_within_a_step(app_client: AppClient) -> None:
 def record_encoding_threads(app: FastAPI, gate: threading.Event | None = None, fail: bool = False) -> list[str]:
     """Names of the threads that encode for translate-de-en, in order. Encodes on the encoder
     thread first wait for ``gate``, or raise with ``fail``; the worker's own encodes run as usual."""
-    runner = engine(app).runner
-    real_encode = runner.encode
+    model = core(app).batch.model
+    real_encode = model.encode
     threads: list[str] = []
 
-    def encode(requests):
+    def encode(src, lengths):
         name = threading.current_thread().name
         threads.append(name)
         if name.startswith("encoder-"):
@@ -212,22 +260,20 @@ def record_encoding_threads(app: FastAPI, gate: threading.Event | None = None, f
                 assert gate.wait(10)
             if fail:
                 raise RuntimeError("simulated encoder failure")
-        return real_encode(requests)
+        return real_encode(src, lengths)
 
-    runner.encode = encode  # type: ignore[method-assign]
+    model.encode = encode  # type: ignore[method-assign]
     return threads
 
 
 async def start_long_request(client, app: FastAPI) -> asyncio.Task:
-    """A request that keeps the batch decoding for ~0.6 s (60 steps of >= 10 ms)."""
-    slow_down(app, 0.01)
-    long = asyncio.create_task(
-        client.post("/translate", json={"text": SENTENCES[3], "min_length": 60, "max_length": 60})
-    )
-    for _ in range(100):
-        await asyncio.sleep(0.01)
-        if engine(app).active_rows:
-            break
+    """A request that keeps the batch decoding: 60 steps of at least 10 ms."""
+    steps = Steps(app)
+    steps.delay_s = 0.01
+    steps.hold()
+    long = asyncio.create_task(client.post("/translate", json=LONG))
+    await steps.wait_blocked()
+    steps.allow()
     return long
 
 
@@ -244,7 +290,7 @@ async def test_arrivals_are_encoded_beside_the_running_batch(app_client: AppClie
         assert threads[0] == "engine-translate-de-en"  # an idle engine encodes on its own worker
         assert threads[1] == ("encoder-translate-de-en_0" if overlap else "engine-translate-de-en")
         text = (await client.get("/metrics")).text
-        assert metric(text, "seq2seq_encode_seconds_count", '{model="translate-de-en"}') >= 3  # warm-up excluded
+        assert metric(text, "seq2seq_encode_seconds_count", '{model="translate-de-en"}') == 3  # warm-up excluded
 
 
 async def test_request_expiring_while_encoded_never_joins(app_client: AppClient) -> None:
@@ -255,14 +301,9 @@ async def test_request_expiring_while_encoded_never_joins(app_client: AppClient)
         late = await client.post("/translate", json={"text": SENTENCES[0], "timeout": 0.1})
         assert late.status_code == 504 and "during generation" in late.json()["error"]["message"]
         assert threads[-1].startswith("encoder-")
-        gate.set()  # its encoding finishes after the deadline: the rows must leave at once
-        for _ in range(20):
-            await asyncio.sleep(0.02)
-            if engine(app).active_rows == 1:
-                break
-        assert engine(app).active_rows == 1  # only the long request
+        gate.set()  # its encoding finishes after the deadline: its rows must never join
         assert (await long).status_code == 200
-        assert engine(app).active_rows == 0
+        assert len(core(app).batch) == 0 and live_requests(core(app)) == 0
 
 
 async def test_failed_encoding_on_the_encoder_thread_fails_only_its_requests(app_client: AppClient) -> None:
@@ -288,6 +329,7 @@ async def test_step_cpu_time_is_counted_and_bounded_by_step_wall_time(app_client
         text = (await client.get("/metrics")).text
         cpu = metric(text, "seq2seq_decode_step_cpu_seconds_total", '{model="translate-de-en"}')
         wall = metric(text, "seq2seq_decode_step_seconds_sum", '{model="translate-de-en"}')
+        assert metric(text, "seq2seq_decode_step_seconds_count", '{model="translate-de-en"}') == 20
         assert 0 < cpu <= wall * 1.05 + 0.01  # the worker thread's own CPU time, within the steps' wall time
 
 
@@ -297,26 +339,24 @@ async def test_encoder_thread_by_default_only_when_a_core_is_free(
 ) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     async with app_client(threads=threads) as (_client, app):
-        assert (engine(app)._encoder is not None) is expected
+        assert core(app).overlap_encode is expected
     async with app_client(threads=threads, overlap_encode=not expected) as (_client, app):
-        assert (engine(app)._encoder is not None) is (not expected)  # an explicit setting wins
+        assert core(app).overlap_encode is not expected  # an explicit setting wins
 
 
 async def test_a_dead_worker_is_restarted(app_client: AppClient) -> None:
     async with app_client(restart_engines=True) as (client, app):
-        dead = engine(app)
-
-        def die():
-            raise EngineDead("simulated fatal failure")
-
-        dead.runner.step = die  # type: ignore[method-assign]
+        dead = core(app)
+        Steps(app).fail_at[1] = EngineDead("simulated fatal failure")
         r = await client.post("/translate", json={"text": SENTENCES[0], "model": "translate-de-en"})
         assert r.status_code == 503
-        for _ in range(100):  # the first restart waits 1 s
-            await asyncio.sleep(0.05)
-            if (await client.get("/health/ready")).status_code == 200:
-                break
-        assert engine(app) is not dead and engine(app).alive
+
+        async def ready() -> None:
+            while (await client.get("/health/ready")).status_code != 200:  # the first restart waits 1 s
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(ready(), 10)
+        assert core(app) is not dead and core(app).alive
         ok = await client.post("/translate", json={"text": SENTENCES[0], "model": "translate-de-en"})
         assert ok.status_code == 200
         text = (await client.get("/metrics")).text

@@ -48,7 +48,7 @@ async def test_engine_process_serves_what_the_in_process_engine_serves(app_clien
         assert (info["device"], info["dtype"], info["quantization"]) == ("cpu", "float32", "none")
 
 
-async def test_metrics_merge_the_engine_processes_families(app_client: AppClient) -> None:
+async def test_metrics_count_what_the_engine_processes_report(app_client: AppClient) -> None:
     async with app_client(engine_process=True) as (client, _app):
         await client.post("/translate", json={"texts": SENTENCES, "max_length": 20})
         await client.post("/chat", json=CHAT)
@@ -111,7 +111,7 @@ async def test_a_killed_engine_process_fails_its_requests_and_readiness(app_clie
         assert ready.status_code == 503
         assert ready.json()["error"]["details"]["models"]["translate-de-en"] == "dead"
         models = {m["name"]: m for m in (await client.get("/models")).json()["models"]}
-        assert models["translate-de-en"]["status"] == "failed" and "code -9" in models["translate-de-en"]["error"]
+        assert models["translate-de-en"]["status"] == "dead" and "code -9" in models["translate-de-en"]["error"]
         assert (await client.post("/chat", json=CHAT)).status_code == 200  # the other processes serve on
         assert (await client.get("/metrics")).status_code == 200
 

@@ -38,6 +38,7 @@ def test_a_broken_model_is_reported_and_the_others_serve(store: Path) -> None:
 
     class FakeEngine:
         alive = True
+        dead = None
 
     def factory(entry):
         from seq2seq.checkpoint import load_model_dir

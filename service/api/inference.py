@@ -12,14 +12,16 @@ import contextlib
 import uuid
 from dataclasses import dataclass
 
-from fastapi import Request
+from fastapi import Request as HttpRequest
+from pydantic import ValidationError
 
 from seq2seq.decoding import DecodeParams
-from seq2seq.generation import GenerationRequest, Hypothesis
-from seq2seq.tokenizer import Tokenizer
-from service.engine.handle import EngineHandle
+from seq2seq.generation import Hypothesis
+from service.api.errors import describe_validation
+from service.engine.client import EngineClient
+from service.engine.request import Request
 from service.engine.streams import RequestStream
-from service.errors import ClientClosedRequest, DeadlineExceeded, EngineUnavailable, InvalidRequest
+from service.errors import ClientClosedRequest, DeadlineExceeded, InvalidRequest
 from service.registry import ModelEntry, Registry
 from service.schemas import DecodingOptions
 from service.settings import Settings
@@ -30,9 +32,12 @@ DEADLINE_MARGIN_S = 2.0
 @dataclass
 class Prepared:
     entry: ModelEntry
-    engine: EngineHandle
-    requests: list[GenerationRequest]
-    timeout_s: float
+    engine: EngineClient
+    requests: list[Request]
+
+    @property
+    def timeout_s(self) -> float:
+        return self.requests[0].timeout_s
 
     @property
     def input_tokens(self) -> int:
@@ -45,17 +50,6 @@ class Prepared:
         return self.timeout_s + DEADLINE_MARGIN_S
 
 
-def ready_engine(entry: ModelEntry, registry: Registry) -> EngineHandle:
-    if registry.draining:
-        raise EngineUnavailable("the server is shutting down")
-    if entry.status == "ready" and entry.engine is not None and not entry.engine.alive:
-        raise EngineUnavailable(f"model {entry.name} is unavailable: its engine died ({entry.engine.dead!r})")
-    if not entry.ready or entry.engine is None:
-        reason = f": {entry.error}" if entry.error else ""
-        raise EngineUnavailable(f"model {entry.name} is {entry.status}{reason}", retry_after_s=5)
-    return entry.engine
-
-
 def check_text(text: str, field: str, settings: Settings) -> str:
     if not text.strip():
         raise InvalidRequest(f"{field} is empty: send some text")
@@ -65,6 +59,8 @@ def check_text(text: str, field: str, settings: Settings) -> str:
 
 
 def decode_params(options: DecodingOptions, src_len: int, settings: Settings) -> DecodeParams:
+    """The request's decoding parameters within this server's limits; :class:`DecodeParams`
+    checks everything else about them."""
     if options.beam_size > settings.max_beam_size:
         raise InvalidRequest(f"beam_size {options.beam_size} is above this server's limit of {settings.max_beam_size}")
     if options.max_length is not None and options.max_length > settings.max_output_tokens:
@@ -73,7 +69,8 @@ def decode_params(options: DecodingOptions, src_len: int, settings: Settings) ->
     try:
         return DecodeParams(
             max_length=max_length,
-            min_length=min(options.min_length, max_length),
+            # a default max_length follows the source: min_length is capped by it, not refused
+            min_length=options.min_length if options.max_length else min(options.min_length, max_length),
             beam_size=options.beam_size,
             n_best=options.n_best,
             length_penalty=options.length_penalty,
@@ -83,8 +80,8 @@ def decode_params(options: DecodingOptions, src_len: int, settings: Settings) ->
             top_p=options.top_p,
             seed=options.seed,
         )
-    except ValueError as exc:
-        raise InvalidRequest(str(exc)) from exc
+    except ValidationError as exc:
+        raise InvalidRequest(describe_validation(list(exc.errors()))) from exc
 
 
 def prepare(
@@ -94,10 +91,13 @@ def prepare(
     fields: list[str],
     options: DecodingOptions,
     settings: Settings,
+    stream_tokens: bool = False,
 ) -> Prepared:
-    """Check and tokenize ``texts`` for ``entry``'s model; nothing is queued yet."""
-    engine = ready_engine(entry, registry)
-    tokenizer: Tokenizer = engine.info.source_tokenizer
+    """Check and tokenize ``texts`` for ``entry``'s model; nothing is queued yet.
+    ``stream_tokens``: the requests' streams get every token as it is decoded."""
+    engine = registry.engine(entry)
+    tokenizer = engine.info.source_tokenizer
+    timeout_s = options.timeout or settings.request_timeout_s
     requests = []
     for text, field in zip(texts, fields, strict=True):
         ids = tokenizer.encode(check_text(text, field, settings))
@@ -107,21 +107,17 @@ def prepare(
             )
         if not ids:
             raise InvalidRequest(f"{field} has no translatable content")
-        requests.append(GenerationRequest(uuid.uuid4().hex, ids, decode_params(options, len(ids), settings)))
-    rows = max(r.params.rows for r in requests)
-    if rows > settings.max_batch_rows:
-        raise InvalidRequest(f"beam_size {rows} exceeds max_batch_rows {settings.max_batch_rows}")
-    return Prepared(entry, engine, requests, options.timeout or settings.request_timeout_s)
+        params = decode_params(options, len(ids), settings)
+        requests.append(Request(uuid.uuid4().hex, ids, params, timeout_s, stream_tokens))
+    return Prepared(entry, engine, requests)
 
 
-def submit(prepared: Prepared, tokens: bool = False) -> list[RequestStream]:
-    """Hand the requests to their engine; ``tokens``: the streams also get every token as it is decoded."""
-    streams = [RequestStream(r.id, tokens=tokens) for r in prepared.requests]
-    prepared.engine.submit(prepared.requests, streams, prepared.timeout_s)
-    return streams
+def submit(prepared: Prepared) -> list[RequestStream]:
+    """Hand the requests to their engine: a stream each."""
+    return prepared.engine.submit(prepared.requests)
 
 
-async def disconnected(request: Request) -> None:
+async def disconnected(request: HttpRequest) -> None:
     """Returns when the client disconnects. The body has been read, so the server's next ASGI
     message for this request is the disconnect: waiting on it costs nothing, unlike polling
     ``is_disconnected()`` for every open request several times a second."""
@@ -129,7 +125,7 @@ async def disconnected(request: Request) -> None:
         pass
 
 
-async def wait_all(prepared: Prepared, streams: list[RequestStream], request: Request) -> list[list[Hypothesis]]:
+async def wait_all(prepared: Prepared, streams: list[RequestStream], request: HttpRequest) -> list[list[Hypothesis]]:
     """Results of every stream, in order. A client that disconnects, or a deadline that passes,
     aborts the requests so their rows leave the batch at the next step."""
     results = asyncio.ensure_future(asyncio.gather(*(s.final() for s in streams)))
