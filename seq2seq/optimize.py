@@ -2,14 +2,14 @@
 
 :func:`optimize_for_inference` returns an eval-mode copy whose decoder step runs each LSTM
 layer as ONE GEMM over ``[x; h]`` with ``[W_ih | W_hh]`` and ``b_ih + b_hh``, instead of
-``torch.lstm_cell``'s two GEMMs and the sum of their outputs (about 6% of a decoder step at
-128 rows on a CPU). The arithmetic is the same; the training modules are left as they are.
+``torch.lstm_cell``'s two GEMMs and the sum of their outputs. The arithmetic is the same;
+the training modules are left as they are.
 
 With ``quantization="int8"`` (CPU only) it also applies dynamic int8 quantisation. Weights
 are stored as int8 (per output channel for linear layers) and activations are quantised
 per batch at run time, so the GEMMs run on the int8 kernels of fbgemm (x86) or qnnpack
-(ARM). On a small CPU that roughly halves the decoder step at large batch and cuts it by
-2-5x at small batch (less memory to stream per step); the encoder's LSTM gains less. The
+(ARM). On a CPU that shortens the decoder step, most at small batch (less memory to stream
+per step); the encoder's LSTM gains less (the README has the figures). The
 attention query and the tied output projection get Linear layers of their own first, so
 that they carry int8 weights too; embeddings, attention and softmax stay float32. The BLEU
 cost is measured per model with ``python -m training.evaluate --model-dir ... --quantize

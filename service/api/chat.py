@@ -25,8 +25,8 @@ from seq2seq.tokenizer import IncrementalDetokenizer, Tokenizer
 from service.api.errors import ERROR_RESPONSES
 from service.api.inference import Prepared, disconnected, prepare, submit, wait_all
 from service.deps import RegistryDep, SettingsDep
+from service.engine.client import RequestStream
 from service.engine.request import Output, RequestFailed
-from service.engine.streams import RequestStream
 from service.errors import ClientClosedRequest, DeadlineExceeded
 from service.schemas import ChatRequest, ChatResponse
 

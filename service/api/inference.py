@@ -18,9 +18,8 @@ from pydantic import ValidationError
 from seq2seq.decoding import DecodeParams
 from seq2seq.generation import Hypothesis
 from service.api.errors import describe_validation
-from service.engine.client import EngineClient
+from service.engine.client import EngineClient, RequestStream
 from service.engine.request import Request
-from service.engine.streams import RequestStream
 from service.errors import ClientClosedRequest, DeadlineExceeded, InvalidRequest
 from service.registry import ModelEntry, Registry
 from service.schemas import DecodingOptions

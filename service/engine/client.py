@@ -1,7 +1,7 @@
 """What the HTTP layer and the registry see of a model's engine, wherever it runs.
 
-An :class:`EngineClient` keeps the streams of its requests in flight, sends requests and
-aborts to its engine, and on the event loop hands each :class:`~service.engine.messages.Outputs`
+An :class:`EngineClient` sends commands to its engine (:mod:`service.engine.messages`), keeps
+a :class:`RequestStream` per request in flight, and on the event loop hands each ``Outputs``
 message to those streams and its statistics to the metrics (:meth:`EngineClient.deliver`).
 :class:`LocalEngine` runs the engine on a thread of the HTTP process;
 :class:`~service.engine.process.EngineProcess` runs it in a process of its own.
@@ -10,16 +10,15 @@ message to those streams and its statistics to the metrics (:meth:`EngineClient.
 from __future__ import annotations
 
 import asyncio
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+from seq2seq.generation import Hypothesis
 from seq2seq.tokenizer import Tokenizer
 from service.engine.engine import Engine
 from service.engine.loader import build_engine
-from service.engine.messages import Outputs
-from service.engine.request import Request, is_last
-from service.engine.streams import RequestStream
+from service.engine.messages import Abort, Command, Died, Outputs, Submit
+from service.engine.request import Output, Request, RequestFailed, is_last
 from service.errors import EngineUnavailable
 from service.metrics import Metrics
 from service.settings import Settings
@@ -36,9 +35,39 @@ class EngineInfo:
     quantization: str
 
 
-class EngineClient(ABC):
-    """The HTTP process's side of one model's engine; used on the event loop it was started for,
-    except :meth:`stop` (any thread)."""
+class RequestStream:
+    """The outputs of one request in order, for the handler waiting on the event loop."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.closed = False  # its last output arrived, or the request was aborted
+        self._queue: asyncio.Queue[Output] = asyncio.Queue()
+
+    def put(self, output: Output) -> None:
+        self.closed = self.closed or is_last(output)
+        self._queue.put_nowait(output)
+
+    async def next(self) -> Output:
+        return await self._queue.get()
+
+    async def final(self) -> list[Hypothesis]:
+        """Wait for the end of the request: its hypotheses, or raise its error."""
+        while True:
+            output = await self._queue.get()
+            if isinstance(output, RequestFailed):
+                raise output.error
+            if output.finished is not None:
+                return output.finished
+
+
+class EngineClient:
+    """The HTTP process's side of one model's engine; used on its event loop, except :meth:`stop`.
+
+    Subclasses say how commands reach the engine (:meth:`_send`), whether it is alive, and how it stops.
+    """
+
+    info: EngineInfo
+    dead: BaseException | None = None  # what killed the engine, if it died
 
     def __init__(self, name: str, metrics: Metrics) -> None:
         self.name = name
@@ -46,26 +75,22 @@ class EngineClient(ABC):
         self._streams: dict[str, RequestStream] = {}
         self._accepting = True
 
-    info: EngineInfo
-
     @property
-    @abstractmethod
-    def dead(self) -> BaseException | None:
-        """What killed the engine, if it died."""
+    def alive(self) -> bool:
+        raise NotImplementedError
 
-    @property
-    @abstractmethod
-    def alive(self) -> bool: ...
-
-    @abstractmethod
     def stop(self, grace_s: float = 0.0) -> None:
         """Stop accepting, let the requests in flight finish for up to ``grace_s``, fail the rest."""
+        raise NotImplementedError
 
-    @abstractmethod
-    def _send_submit(self, requests: list[Request]) -> None: ...
+    def _send(self, command: Command) -> None:
+        """Hand ``command`` to the engine; :class:`EngineUnavailable` if it cannot take it."""
+        raise NotImplementedError
 
-    @abstractmethod
-    def _send_abort(self, request_ids: frozenset[str]) -> None: ...
+    @property
+    def in_flight(self) -> int:
+        """Requests submitted here whose last output has not arrived yet."""
+        return len(self._streams)
 
     def submit(self, requests: list[Request]) -> list[RequestStream]:
         """Queue ``requests`` (all or none): a stream each. An engine that cannot take requests
@@ -75,7 +100,7 @@ class EngineClient(ABC):
         streams = [RequestStream(r.id) for r in requests]
         self._streams.update((s.request_id, s) for s in streams)
         try:
-            self._send_submit(requests)
+            self._send(Submit(requests))
         except EngineUnavailable:
             for s in streams:
                 del self._streams[s.request_id]
@@ -88,7 +113,10 @@ class EngineClient(ABC):
             stream = self._streams.pop(request_id, None)
             if stream is not None:
                 stream.closed = True
-        self._send_abort(frozenset(request_ids))
+        try:
+            self._send(Abort(frozenset(request_ids)))
+        except EngineUnavailable:  # gone: so are its requests
+            pass
 
     def deliver(self, message: Outputs) -> None:
         """On the event loop: each output to its request's stream, the statistics to the metrics."""
@@ -119,7 +147,7 @@ class LocalEngine(EngineClient):
         )
 
     @property
-    def dead(self) -> BaseException | None:
+    def dead(self) -> BaseException | None:  # type: ignore[override]
         return self.core.dead
 
     @property
@@ -130,14 +158,14 @@ class LocalEngine(EngineClient):
         self._accepting = False
         self.core.stop(grace_s)
 
-    def _send_submit(self, requests: list[Request]) -> None:
-        self.core.submit(requests)
+    def _send(self, command: Command) -> None:
+        self.core.handle(command)
 
-    def _send_abort(self, request_ids: frozenset[str]) -> None:
-        self.core.abort(request_ids)
-
-    def _from_worker(self, message: Outputs) -> None:
-        """The engine's sink (its threads): one event-loop wake-up per message."""
+    def _from_worker(self, message: Outputs | Died) -> None:
+        """The engine's sink (its threads): one event-loop wake-up per message. A death needs
+        no message here: :attr:`dead` reads the engine's own."""
+        if isinstance(message, Died):
+            return
         try:
             self._loop.call_soon_threadsafe(self.deliver, message)
         except RuntimeError:  # the loop is closed: nobody is listening any more

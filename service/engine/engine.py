@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from seq2seq.state import DecoderState
-from service.engine.messages import Outputs
+from service.engine.messages import Abort, Command, Died, Outputs, Stop, Submit
 from service.engine.request import Output, Request, RequestFailed, RequestStatus
 from service.engine.scheduler import Policy, QueueFull, Scheduler
 from service.errors import EngineUnavailable, InternalError, Overloaded, ServiceError
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("service.engine")
 
-Sink = Callable[[Outputs], None]  # where an engine's outputs go; called from its threads
+Sink = Callable[[Outputs | Died], None]  # where an engine's reports go; called from its threads
 STATS_INTERVAL_S = 0.25  # statistics of steps without outputs wait at most this long for a message
 
 
@@ -89,11 +89,6 @@ class Engine:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self.dead is None
 
-    def wait(self) -> None:
-        """Block until the worker exits: stopped, or dead (then :attr:`dead` says why)."""
-        if self._thread is not None:
-            self._thread.join()
-
     def stop(self, grace_s: float = 0.0) -> None:
         """Stop accepting; let queued and running requests finish for up to ``grace_s``; fail the rest."""
         with self._cv:
@@ -110,6 +105,15 @@ class Engine:
         self._fail_all(EngineUnavailable(f"model {self.name} is shutting down"))
 
     # -- requests (any thread) ---------------------------------------------------------------
+    def handle(self, command: Command) -> None:
+        match command:
+            case Submit(requests):
+                self.submit(requests)
+            case Abort(request_ids):
+                self.abort(request_ids)
+            case Stop(grace_s):
+                self.stop(grace_s)
+
     def submit(self, requests: list[Request]) -> None:
         """Queue ``requests``, all or none; refused ones get an error output each (429 when the queue is full)."""
         error: ServiceError | None = None
@@ -124,8 +128,6 @@ class Engine:
                     error = Overloaded(f"model {self.name} is overloaded: {exc}; retry later", retry_after_s=retry)
             self._cv.notify_all()
         if error is not None:
-            for r in requests:
-                r.status, r.error = RequestStatus.FAILED, error
             self._emit([RequestFailed(r.id, error) for r in requests], force=True)
 
     def abort(self, request_ids: set[str] | frozenset[str]) -> None:
@@ -143,6 +145,7 @@ class Engine:
             self.dead = exc
             log.exception("engine %s died", self.name)
             self._fail_all(EngineUnavailable(f"the worker of model {self.name} died: {exc!r}"))
+            self._sink(Died(repr(exc)))
 
     def step(self) -> bool:
         """One iteration, as vLLM's ``EngineCore.step``; returns False once the engine is stopped.
@@ -160,9 +163,9 @@ class Engine:
                 return False
             plan = self.scheduler.schedule(time.monotonic(), admit=self._encoding is None)
         outputs = self._retire(plan.left)
-        outputs += self._join_encoded()
         if plan.admit:
-            outputs += self._encode(plan.admit)
+            self._encode(plan.admit)
+        outputs += self._join_encoded()
         if len(self.batch):
             outputs += self._decode()
         self._emit(outputs)
@@ -178,16 +181,17 @@ class Engine:
         self.batch.remove({r.id for r in requests})
         return [RequestFailed(r.id, r.error) for r in requests if r.error is not None]
 
-    def _encode(self, group: list[Request]) -> list[Output]:
-        """Encode an admitted group: beside the running batch, or on the worker and join at once."""
+    def _encode(self, group: list[Request]) -> None:
+        """Encode an admitted group: on the encoder thread beside a running batch, else here and now."""
         if self._encoder is not None and len(self.batch):
-            self._encoding = _Encoding(group, self._encoder.submit(self._timed_encode, group))
-            return []
-        try:
-            state = self._timed_encode(group)
-        except Exception as exc:
-            return self._encoding_failed(group, exc)
-        return self._join(group, state)
+            future = self._encoder.submit(self._timed_encode, group)
+        else:
+            future = Future()
+            try:
+                future.set_result(self._timed_encode(group))
+            except Exception as exc:
+                future.set_exception(exc)
+        self._encoding = _Encoding(group, future)
 
     def _join_encoded(self) -> list[Output]:
         """Join the group from the encoder thread once it is encoded; wait for it only when
@@ -196,15 +200,16 @@ class Engine:
         if encoding is None or (len(self.batch) and not encoding.future.done()):
             return []
         self._encoding = None
+        group = encoding.requests
         try:
             state = encoding.future.result()
         except Exception as exc:
-            return self._encoding_failed(encoding.requests, exc)
-        return self._join(encoding.requests, state)
-
-    def _join(self, group: list[Request], state: DecoderState) -> list[Output]:
-        """Append the group's rows to the batch, without those that left while it was encoded."""
-        live = [r for r in group if r.status is RequestStatus.ENCODING]
+            log.error("engine %s: encoding failed", self.name, exc_info=exc)
+            with self._cv:
+                self.scheduler.stats.errors += 1
+                failed = self.scheduler.fail(group, InternalError(f"encoding failed: {exc}"))
+            return self._retire(failed)
+        live = [r for r in group if r.status is RequestStatus.ENCODING]  # not those that left meanwhile
         if len(live) < len(group):
             if not live:
                 return []
@@ -225,13 +230,6 @@ class Engine:
         with self._cv:
             self.scheduler.stats.encode_seconds.append(time.monotonic() - t0)
         return state
-
-    def _encoding_failed(self, group: list[Request], exc: Exception) -> list[Output]:
-        log.error("engine %s: encoding failed", self.name, exc_info=exc)
-        with self._cv:
-            self.scheduler.stats.errors += 1
-            failed = self.scheduler.fail(group, InternalError(f"encoding failed: {exc}"))
-        return self._retire(failed)
 
     def _decode(self) -> list[Output]:
         """One decoder step; an exception fails the requests of the batch and the worker serves on."""

@@ -81,9 +81,4 @@ class Died:
     reason: str
 
 
-@dataclass(frozen=True)
-class Stopped:
-    pass
-
-
-Report = Loaded | LoadFailed | Outputs | Died | Stopped
+Report = Loaded | LoadFailed | Outputs | Died

@@ -6,8 +6,8 @@ steps spend a good part of their time in that wait. As vLLM does with its engine
 :class:`EngineProcess` runs the model's :class:`~service.engine.engine.Engine` in a child
 process and talks to it over a pipe, in the messages of :mod:`service.engine.messages`:
 commands (``Submit``, ``Abort``, ``Stop``) one way; ``Loaded`` or ``LoadFailed`` once, then
-``Outputs`` (every output of one iteration, with the engine's statistics), ``Died`` and
-``Stopped`` the other. The children fork from one server process that imported torch once
+``Outputs`` (every output of one iteration, with the engine's statistics) and ``Died`` the
+other. After a ``Stop`` the process drains its engine and exits, which closes the pipe. The children fork from one server process that imported torch once
 (``forkserver``), which starts several models faster and in less memory than spawning each.
 
 The HTTP side reads the pipe on its event loop (``loop.add_reader``), so outputs reach the
@@ -36,8 +36,8 @@ from seq2seq.checkpoint import load_tokenizers
 from service.engine.client import EngineClient, EngineInfo
 from service.engine.engine import Engine, EngineDead
 from service.engine.loader import build_engine, freeze_startup_heap, torch_threads
-from service.engine.messages import Abort, Command, Died, Loaded, LoadFailed, Outputs, Report, Stop, Stopped, Submit
-from service.engine.request import Request, RequestFailed
+from service.engine.messages import Command, Died, Loaded, LoadFailed, Outputs, Report, Stop
+from service.engine.request import RequestFailed
 from service.errors import EngineUnavailable
 from service.metrics import Metrics
 from service.settings import Settings, configure_logging
@@ -70,12 +70,12 @@ class EngineProcess(EngineClient):
     ) -> None:
         super().__init__(name, metrics)
         self.info = info
-        self._dead: BaseException | None = None
         self._process = process
         self._conn = conn
         self._loop = loop
         self._send_lock = threading.Lock()
-        self._stopped = threading.Event()
+        self._stopping = False
+        self._stopped = threading.Event()  # the pipe closed
         loop.call_soon_threadsafe(loop.add_reader, conn.fileno(), self._on_readable)
 
     @classmethod
@@ -99,58 +99,39 @@ class EngineProcess(EngineClient):
         )
         process.start()
         child_conn.close()
+        message: Report
         try:
-            if not conn.poll(timeout_s):
-                raise RuntimeError(f"the engine process of {name} did not load within {timeout_s:g}s")
-            message = _recv(conn)
-        except (EOFError, OSError, RuntimeError) as exc:
+            loading = f"the engine process of {name} did not load within {timeout_s:g}s"
+            message = _recv(conn) if conn.poll(timeout_s) else LoadFailed(loading)
+        except (EOFError, OSError):
+            process.join(5)
+            message = LoadFailed(f"the engine process of {name} exited with code {process.exitcode} while loading")
+        if not isinstance(message, Loaded):
             process.kill()
             process.join(5)
             conn.close()
-            if isinstance(exc, RuntimeError):
-                raise
-            raise RuntimeError(
-                f"the engine process of {name} exited with code {process.exitcode} while loading"
-            ) from exc
-        if isinstance(message, LoadFailed):
-            process.join(5)
-            conn.close()
-            raise RuntimeError(message.error)
-        assert isinstance(message, Loaded)
+            raise RuntimeError(message.error if isinstance(message, LoadFailed) else f"unexpected {message!r}")
         info = EngineInfo(
             tokenizers["source"], tokenizers["target"], message.device, message.dtype, message.quantization
         )
         return cls(name, info, process, conn, metrics, loop)
 
     @property
-    def dead(self) -> BaseException | None:
-        return self._dead
-
-    @property
     def alive(self) -> bool:
         # No system call to ask the process: a process that dies closes its end of the pipe,
         # and the event loop marks it dead on EOF.
-        return self._dead is None and not self._stopped.is_set()
+        return self.dead is None and not self._stopped.is_set()
 
     @property
     def pid(self) -> int | None:
         return self._process.pid
 
-    def _send_submit(self, requests: list[Request]) -> None:
-        try:
-            self._send(Submit(requests))
-        except OSError as exc:
-            raise EngineUnavailable(f"the engine process of model {self.name} is gone") from exc
-
-    def _send_abort(self, request_ids: frozenset[str]) -> None:
-        with contextlib.suppress(OSError):
-            self._send(Abort(request_ids))
-
     def stop(self, grace_s: float = 0.0) -> None:
         """Drain the engine process for up to ``grace_s`` (its requests finish or fail), then end it."""
         self._accepting = False
         if self._process.is_alive() and not self._stopped.is_set():
-            with contextlib.suppress(OSError):
+            self._stopping = True  # the process ends after the drain: its pipe closes, as expected
+            with contextlib.suppress(EngineUnavailable):
                 self._send(Stop(grace_s))
             self._stopped.wait(grace_s + 10)
         self._process.join(5)
@@ -159,9 +140,12 @@ class EngineProcess(EngineClient):
             self._process.kill()
             self._process.join(5)
 
-    def _send(self, message: Command) -> None:
-        with self._send_lock:
-            _send(self._conn, message)
+    def _send(self, command: Command) -> None:
+        try:
+            with self._send_lock:
+                _send(self._conn, command)
+        except OSError as exc:
+            raise EngineUnavailable(f"the engine process of model {self.name} is gone") from exc
 
     def _on_readable(self) -> None:
         try:
@@ -175,20 +159,18 @@ class EngineProcess(EngineClient):
             case Outputs():
                 self.deliver(message)
             case Died(reason):
-                self._dead = EngineDead(reason)
+                self.dead = EngineDead(reason)
                 log.error("engine %s: the worker of the engine process died: %s", self.name, reason)
-            case Stopped():
-                self._stopped.set()
 
     def _lost(self) -> None:
         """The pipe closed: the process exited after a stop, or died."""
         self._loop.remove_reader(self._conn.fileno())
-        if not self._stopped.is_set():
+        if not self._stopping:
             self._process.join(1)
             reason = f"the engine process exited with code {self._process.exitcode}"
-            self._dead = self._dead or EngineDead(reason)
+            self.dead = self.dead or EngineDead(reason)
             log.error("engine %s: %s", self.name, reason)
-        error = EngineUnavailable(f"model {self.name} is unavailable: {self._dead or 'stopped'}")
+        error = EngineUnavailable(f"model {self.name} is unavailable: {self.dead or 'stopped'}")
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             stream.put(RequestFailed(stream.request_id, error))
@@ -227,14 +209,7 @@ def serve(conn: Connection, name: str, path: Path, settings: Settings) -> None:
     freeze_startup_heap()
     model = engine.model
     pipe.send(Loaded(str(model.device), model.dtype_name, model.quantization))
-    threading.Thread(target=_report_death, args=(engine, pipe), name="engine-watch", daemon=True).start()
     _serve_commands(engine, pipe)
-
-
-def _report_death(engine: Engine, pipe: _Pipe) -> None:
-    engine.wait()
-    if engine.dead is not None:
-        pipe.send(Died(repr(engine.dead)))
 
 
 def _serve_commands(engine: Engine, pipe: _Pipe) -> None:
@@ -244,12 +219,6 @@ def _serve_commands(engine: Engine, pipe: _Pipe) -> None:
         except (EOFError, OSError):  # the HTTP process is gone
             engine.stop(0)
             return
-        match command:
-            case Submit(requests):
-                engine.submit(requests)
-            case Abort(request_ids):
-                engine.abort(request_ids)
-            case Stop(grace_s):
-                engine.stop(grace_s)
-                pipe.send(Stopped())
-                return
+        engine.handle(command)
+        if isinstance(command, Stop):
+            return  # the process exits, and its end of the pipe closes

@@ -11,12 +11,11 @@ import pytest
 
 from seq2seq.decoding import DecodeParams, FinishReason
 from seq2seq.generation import Hypothesis, StepEvent
-from service.engine.client import EngineClient, LocalEngine
+from service.engine.client import EngineClient, LocalEngine, RequestStream
 from service.engine.engine import Engine
 from service.engine.loader import load_model
-from service.engine.messages import EngineStats, Outputs
+from service.engine.messages import Abort, Command, EngineStats, Outputs
 from service.engine.request import Request, RequestFailed
-from service.engine.streams import RequestStream
 from service.errors import DeadlineExceeded, EngineUnavailable
 from service.metrics import Metrics
 from service.settings import Settings
@@ -37,23 +36,19 @@ async def nothing_in(stream: RequestStream) -> bool:
 
 
 class RecordingClient(EngineClient):
-    """An engine client whose engine only records what it is sent."""
+    """An engine client whose engine only records the commands it is sent."""
 
     def __init__(self, metrics: Metrics) -> None:
         super().__init__("m", metrics)
-        self.sent: list[object] = []
+        self.sent: list[Command] = []
 
-    dead = None
     alive = True
 
     def stop(self, grace_s: float = 0.0) -> None:
         self._accepting = False
 
-    def _send_submit(self, requests: list[Request]) -> None:
-        self.sent.append(requests)
-
-    def _send_abort(self, request_ids: frozenset[str]) -> None:
-        self.sent.append(request_ids)
+    def _send(self, command: Command) -> None:
+        self.sent.append(command)
 
 
 async def test_outputs_reach_their_streams_in_order_and_end_them() -> None:
@@ -61,7 +56,8 @@ async def test_outputs_reach_their_streams_in_order_and_end_them() -> None:
     client = RecordingClient(metrics)
     a, b, c = client.submit([request("a"), request("b"), request("c")])
     client.abort({"c"})
-    assert c.closed and client.sent[-1] == frozenset({"c"})
+    assert c.closed and client.sent[-1] == Abort(frozenset({"c"}))
+    assert client.in_flight == 2
     outputs = [
         StepEvent("a", token=5),
         StepEvent("c", token=9),  # aborted: nobody listens

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from service.engine.client import LocalEngine
 from service.engine.engine import Engine, EngineDead
+from service.engine.request import RequestStatus
 from tests.service.conftest import AppClient
 
 SENTENCES = [
@@ -62,6 +63,12 @@ class Steps:
 
     async def wait_blocked(self) -> None:
         assert await asyncio.to_thread(self.blocked.wait, 10), "no step reached the gate"
+
+    async def advance(self) -> None:
+        """Let one step through, and wait until the engine's next step is held at the gate."""
+        target = self.calls + 1
+        self.allow(1)
+        await until(lambda: self.calls == target and self.blocked.is_set())
 
     def __call__(self, tokens, state):
         with self._cv:
@@ -137,12 +144,13 @@ async def test_new_request_joins_running_batch(app_client: AppClient) -> None:
         await steps.wait_blocked()  # the long request is in the batch, at its first step
         short = asyncio.create_task(client.post("/translate", json={"text": SENTENCES[2], "max_length": 3}))
         await until(lambda: len(core(app).scheduler.waiting) == 1)
-        steps.allow(5)  # the short request needs 3 steps; the long one 60
-        assert (await short).status_code == 200
-        await steps.wait_blocked()
-        assert not long.done() and steps.calls == 5
+        (short_request,) = core(app).scheduler.waiting
+        (long_request,) = core(app).scheduler.running.values()
+        while short_request.status is not RequestStatus.FINISHED:  # 3 steps after it joins
+            await steps.advance()
+        assert long_request.status is RequestStatus.RUNNING and steps.calls < 10  # the long one needs 60
         steps.allow()
-        assert (await long).status_code == 200
+        assert (await short).status_code == 200 and (await long).status_code == 200
 
 
 async def test_queue_full_is_429_with_retry_after(app_client: AppClient) -> None:

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.engine.process import EngineProcess
 from service.errors import DeadlineExceeded, EngineUnavailable, Overloaded, ServiceError
 from tests.service.conftest import AppClient
-from tests.service.test_engine import SENTENCES, metric
+from tests.service.test_engine import SENTENCES, metric, until
 
 CHAT = {"message": "hello, how are you?", "min_length": 4, "max_length": 12}
 
@@ -91,18 +91,13 @@ async def test_queue_full_in_the_engine_process_is_429_streamed_or_not(app_clien
 async def test_a_killed_engine_process_fails_its_requests_and_readiness(app_client: AppClient) -> None:
     async with app_client(engine_process=True) as (client, app):
         victim = engine_process(app)
-        running = asyncio.create_task(
-            client.post("/translate", json={"text": SENTENCES[0], "min_length": 256, "max_length": 256})
-        )
-        await asyncio.sleep(0.05)
         assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGSTOP)  # the request waits in the pipe: in flight, never answered
+        running = asyncio.create_task(client.post("/translate", json={"text": SENTENCES[0]}))
+        await until(lambda: victim.in_flight == 1)
         os.kill(victim.pid, signal.SIGKILL)
         r = await running
-        assert r.status_code in (200, 503)  # it may have finished before the kill
-        for _ in range(100):
-            if not victim.alive:
-                break
-            await asyncio.sleep(0.02)
+        assert r.status_code == 503 and "exited with code -9" in r.json()["error"]["message"]
         assert not victim.alive
         again = await client.post("/translate", json={"text": SENTENCES[0], "model": "translate-de-en"})
         assert again.status_code == 503 and again.json()["error"]["code"] == "unavailable"
