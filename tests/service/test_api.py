@@ -243,3 +243,18 @@ async def test_latency_is_measured(app_client: AppClient) -> None:
             x for x in text.splitlines() if x.startswith('seq2seq_request_latency_seconds_sum{route="/translate"}')
         )
         assert 0 < float(line.split()[-1]) < 30
+
+
+async def test_the_schema_documents_the_ranges_decode_params_enforces(app_client: AppClient) -> None:
+    async with app_client() as (client, _):
+        schema = (await client.get("/openapi.json")).json()["components"]["schemas"]["TranslateRequest"]
+        props = schema["properties"]
+        assert (props["top_p"]["exclusiveMinimum"], props["top_p"]["maximum"]) == (0.0, 1.0)
+        assert (props["temperature"]["exclusiveMinimum"], props["temperature"]["maximum"]) == (0.0, 10.0)
+        assert props["beam_size"]["minimum"] == 1 and props["length_penalty"]["maximum"] == 5.0
+        for body, fragment in (
+            ({"text": "Hallo", "beam_size": 2, "n_best": 3}, "n_best must not exceed beam_size"),
+            ({"text": "Hallo", "min_length": 9, "max_length": 5}, "min_length must not exceed max_length"),
+        ):
+            r = await client.post("/translate", json=body)
+            assert r.status_code == 422 and fragment in r.json()["error"]["message"]  # DecodeParams' own words

@@ -9,7 +9,7 @@ import pytest
 
 from service import registry as registry_module
 from service.errors import EngineUnavailable, ModelNotFound
-from service.registry import Registry, scan_store
+from service.registry import ModelStatus, Registry, scan_store
 
 
 @pytest.fixture
@@ -122,3 +122,36 @@ def test_supervise_restarts_dead_engines_with_backoff(store: Path, monkeypatch: 
     tick(0.1)
     tick(1.0)
     assert entry.engine is built[3] and entry.crashes == [clock["now"] - 1.0]
+
+
+def test_one_status_per_model_and_the_503_it_calls_for(store: Path) -> None:
+    (store / "chat-en" / "10" / "model.safetensors").write_bytes(b"corrupt")
+
+    class FakeEngine:
+        alive = True
+        dead: BaseException | None = None
+
+    def factory(entry):
+        from seq2seq.checkpoint import load_model_dir
+
+        load_model_dir(entry.path)
+        return FakeEngine()
+
+    registry = Registry(store)
+    de_en = registry.entries["translate-de-en"]
+    assert de_en.status is ModelStatus.LOADING and de_en.error is None
+    with pytest.raises(EngineUnavailable, match="is loading"):
+        registry.engine(de_en)
+    registry.load_all(factory)
+    chat = registry.entries["chat-en"]
+    assert chat.status is ModelStatus.FAILED and "sha256 mismatch" in (chat.error or "")
+    with pytest.raises(EngineUnavailable, match="failed to load: .*sha256"):
+        registry.engine(chat)
+    assert de_en.status is ModelStatus.READY and registry.engine(de_en) is de_en.engine
+    de_en.engine.alive, de_en.engine.dead = False, RuntimeError("boom")
+    assert de_en.status is ModelStatus.DEAD and de_en.error == "RuntimeError('boom')"
+    with pytest.raises(EngineUnavailable, match="its engine died"):
+        registry.engine(de_en)
+    registry.draining = True
+    with pytest.raises(EngineUnavailable, match="shutting down"):
+        registry.engine(registry.entries["translate-de-en-basic"])
