@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from service.schemas import DecodingOptions
 from service.settings import Settings
 
 DEADLINE_MARGIN_S = 2.0
+_PASSED_AS_THEY_ARE = {f.name for f in dataclasses.fields(DecodeParams)} - {"max_length", "min_length"}
 
 
 @dataclass
@@ -70,14 +72,7 @@ def decode_params(options: DecodingOptions, src_len: int, settings: Settings) ->
             max_length=max_length,
             # a default max_length follows the source: min_length is capped by it, not refused
             min_length=options.min_length if options.max_length else min(options.min_length, max_length),
-            beam_size=options.beam_size,
-            n_best=options.n_best,
-            length_penalty=options.length_penalty,
-            sample=options.sample,
-            temperature=options.temperature,
-            top_k=options.top_k,
-            top_p=options.top_p,
-            seed=options.seed,
+            **options.model_dump(include=_PASSED_AS_THEY_ARE),
         )
     except ValidationError as exc:
         raise InvalidRequest(describe_validation(list(exc.errors()))) from exc
