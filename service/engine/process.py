@@ -10,8 +10,10 @@ commands (``Submit``, ``Abort``, ``Stop``) one way; ``Loaded`` or ``LoadFailed``
 other. After a ``Stop`` the process drains its engine and exits, which closes the pipe. The children fork from one server process that imported torch once
 (``forkserver``), which starts several models faster and in less memory than spawning each.
 
-The HTTP side reads the pipe on its event loop (``loop.add_reader``), so outputs reach the
-waiting handlers without a thread hop. The engine process owns admission: a full queue
+Commands and reports travel on two one-way pipes. The HTTP side writes and reads them through
+asyncio pipe transports on its event loop: a command is buffered when the pipe is full
+(backpressure, never an error), and reports reach the waiting handlers without a thread hop.
+Only the end of the reports pipe, a closed transport, says that the engine process is gone. The engine process owns admission: a full queue
 comes back as an error output for each request. If the process dies, every request in
 flight fails with 503 and readiness turns 503, as for a dead worker thread.
 """
@@ -19,11 +21,12 @@ flight fails with 503 and readiness turns 503, as for a dead worker thread.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
+import struct
 import threading
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -47,13 +50,51 @@ log = logging.getLogger("service.engine")
 
 # Messages are plain data and go through plain pickle: ``Connection.send`` pickles with
 # multiprocessing's ForkingPickler, which copies its table of reducers (torch registers many)
-# for every message.
+# for every message. On the wire, each is ``Connection.send_bytes``'s frame: a 4-byte
+# big-endian length, then the pickle.
+_HEADER = struct.Struct("!i")
+
+
 def _send(conn: Connection, message: Command | Report) -> None:
     conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
 
 
 def _recv(conn: Connection) -> Any:
     return pickle.loads(conn.recv_bytes())
+
+
+def _frame(message: Command) -> bytes:
+    payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(payload)) + payload
+
+
+class _Reports(asyncio.Protocol):
+    """The HTTP side's reader of the reports pipe: frames in, reports out, then the end of the pipe."""
+
+    def __init__(self, client: EngineProcess) -> None:
+        self._client = client
+        self._buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(self._buffer)
+            end = _HEADER.size + size
+            if len(self._buffer) < end:
+                return
+            report = pickle.loads(self._buffer[_HEADER.size : end])
+            del self._buffer[:end]
+            self._client._handle(report)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._client._lost()
+
+
+def _pipe_file(conn: Connection, mode: str) -> Any:
+    """The pipe under ``conn`` as an unbuffered file, for an asyncio pipe transport."""
+    fd = os.dup(conn.fileno())
+    conn.close()
+    return os.fdopen(fd, mode, buffering=0)
 
 
 class EngineProcess(EngineClient):
@@ -64,19 +105,20 @@ class EngineProcess(EngineClient):
         name: str,
         info: EngineInfo,
         process: BaseProcess,
-        conn: Connection,
         metrics: Metrics,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         super().__init__(name, metrics)
         self.info = info
         self._process = process
-        self._conn = conn
         self._loop = loop
-        self._send_lock = threading.Lock()
+        self._commands: asyncio.WriteTransport | None = None
         self._stopping = False
-        self._stopped = threading.Event()  # the pipe closed
-        loop.call_soon_threadsafe(loop.add_reader, conn.fileno(), self._on_readable)
+        self._stopped = threading.Event()  # the reports pipe ended
+
+    async def _connect(self, commands: Connection, reports: Connection) -> None:
+        self._commands, _ = await self._loop.connect_write_pipe(asyncio.Protocol, _pipe_file(commands, "wb"))
+        await self._loop.connect_read_pipe(lambda: _Reports(self), _pipe_file(reports, "rb"))
 
     @classmethod
     def start(
@@ -93,28 +135,33 @@ class EngineProcess(EngineClient):
         tokenizers = load_tokenizers(path, manifest)  # checked here too: a bad store fails fast
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["service.engine.process"])
-        conn, child_conn = context.Pipe()
+        commands_in, commands = context.Pipe(duplex=False)
+        reports, reports_out = context.Pipe(duplex=False)
         process = context.Process(
-            target=serve, args=(child_conn, name, path, settings), name=f"engine-{name}", daemon=True
+            target=serve, args=(commands_in, reports_out, name, path, settings), name=f"engine-{name}", daemon=True
         )
         process.start()
-        child_conn.close()
+        commands_in.close()
+        reports_out.close()
         message: Report
         try:
             loading = f"the engine process of {name} did not load within {timeout_s:g}s"
-            message = _recv(conn) if conn.poll(timeout_s) else LoadFailed(loading)
+            message = _recv(reports) if reports.poll(timeout_s) else LoadFailed(loading)
         except (EOFError, OSError):
             process.join(5)
             message = LoadFailed(f"the engine process of {name} exited with code {process.exitcode} while loading")
         if not isinstance(message, Loaded):
             process.kill()
             process.join(5)
-            conn.close()
+            commands.close()
+            reports.close()
             raise RuntimeError(message.error if isinstance(message, LoadFailed) else f"unexpected {message!r}")
         info = EngineInfo(
             tokenizers["source"], tokenizers["target"], message.device, message.dtype, message.quantization
         )
-        return cls(name, info, process, conn, metrics, loop)
+        client = cls(name, info, process, metrics, loop)
+        asyncio.run_coroutine_threadsafe(client._connect(commands, reports), loop).result()
+        return client
 
     @property
     def alive(self) -> bool:
@@ -131,9 +178,11 @@ class EngineProcess(EngineClient):
         self._accepting = False
         if self._process.is_alive() and not self._stopped.is_set():
             self._stopping = True  # the process ends after the drain: its pipe closes, as expected
-            with contextlib.suppress(EngineUnavailable):
-                self._send(Stop(grace_s))
-            self._stopped.wait(grace_s + 10)
+            try:
+                self._loop.call_soon_threadsafe(self._send_quietly, Stop(grace_s))
+                self._stopped.wait(grace_s + 10)
+            except RuntimeError:  # the event loop is closed: nobody waits for a drain
+                pass
         self._process.join(5)
         if self._process.is_alive():
             log.error("engine %s: the process did not exit; killing it", self.name)
@@ -141,18 +190,16 @@ class EngineProcess(EngineClient):
             self._process.join(5)
 
     def _send(self, command: Command) -> None:
-        try:
-            with self._send_lock:
-                _send(self._conn, command)
-        except OSError as exc:
-            raise EngineUnavailable(f"the engine process of model {self.name} is gone") from exc
+        """On the event loop: queue ``command`` on the pipe; the transport writes it when the pipe has room."""
+        if self._commands is None or self._commands.is_closing():
+            raise EngineUnavailable(f"the engine process of model {self.name} is gone")
+        self._commands.write(_frame(command))
 
-    def _on_readable(self) -> None:
+    def _send_quietly(self, command: Command) -> None:
         try:
-            while self._conn.poll():
-                self._handle(_recv(self._conn))
-        except (EOFError, OSError):
-            self._lost()
+            self._send(command)
+        except EngineUnavailable:
+            pass
 
     def _handle(self, message: Report) -> None:
         match message:
@@ -163,8 +210,9 @@ class EngineProcess(EngineClient):
                 log.error("engine %s: the worker of the engine process died: %s", self.name, reason)
 
     def _lost(self) -> None:
-        """The pipe closed: the process exited after a stop, or died."""
-        self._loop.remove_reader(self._conn.fileno())
+        """The reports pipe ended: the process exited after a stop, or died."""
+        if self._commands is not None:
+            self._commands.abort()
         if not self._stopping:
             self._process.join(1)
             reason = f"the engine process exited with code {self._process.exitcode}"
@@ -175,23 +223,25 @@ class EngineProcess(EngineClient):
         for stream in streams.values():
             stream.put(RequestFailed(stream.request_id, error))
         self._stopped.set()
-        self._conn.close()
 
 
 # -- the engine process ---------------------------------------------------------------------------
 class _Pipe:
-    """The engine process's end of the pipe; its engine's worker and its command loop both send."""
+    """The engine process's end of the reports pipe; its engine's worker and its command loop both send."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._lock = threading.Lock()
 
     def send(self, message: Report) -> None:
-        with self._lock, contextlib.suppress(OSError):  # the HTTP process is gone: the command loop ends us
-            _send(self.conn, message)
+        with self._lock:
+            try:
+                _send(self.conn, message)
+            except OSError:  # the HTTP process is gone: the end of the commands pipe ends us
+                pass
 
 
-def serve(conn: Connection, name: str, path: Path, settings: Settings) -> None:
+def serve(commands: Connection, reports: Connection, name: str, path: Path, settings: Settings) -> None:
     """Main function of an engine process: load, report, then serve commands until stopped."""
     # Ctrl-C reaches the whole process group, and systemd's stop sends SIGTERM to every process
     # of the service: the HTTP process drains its engines, which end on its Stop or when its
@@ -200,7 +250,7 @@ def serve(conn: Connection, name: str, path: Path, settings: Settings) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(settings)
     torch.set_num_threads(torch_threads(settings))
-    pipe = _Pipe(conn)
+    pipe = _Pipe(reports)
     try:
         engine = build_engine(name, path, settings, pipe.send)
     except Exception as exc:  # noqa: BLE001 - whatever failed the load is reported as the model's error
@@ -209,13 +259,13 @@ def serve(conn: Connection, name: str, path: Path, settings: Settings) -> None:
     freeze_startup_heap()
     model = engine.model
     pipe.send(Loaded(str(model.device), model.dtype_name, model.quantization))
-    _serve_commands(engine, pipe)
+    _serve_commands(engine, commands)
 
 
-def _serve_commands(engine: Engine, pipe: _Pipe) -> None:
+def _serve_commands(engine: Engine, commands: Connection) -> None:
     while True:
         try:
-            command: Command = _recv(pipe.conn)
+            command: Command = _recv(commands)
         except (EOFError, OSError):  # the HTTP process is gone
             engine.stop(0)
             return
