@@ -100,6 +100,16 @@ class _Sequence:
     def length(self) -> int:
         return len(self.histories[0])
 
+    def copy(self) -> _Sequence:
+        """An independent copy (its own generator at the same point), for a trial step."""
+        generator = None
+        if self.generator is not None:
+            generator = torch.Generator()
+            generator.set_state(self.generator.get_state())
+        return _Sequence(
+            self.request, [list(h) for h in self.histories], list(self.scores), generator, list(self.finished)
+        )
+
 
 DecodeStep = Callable[[torch.Tensor, DecoderState], tuple[torch.Tensor, DecoderState]]
 
@@ -219,20 +229,26 @@ class GenerationBatch:
     # -- stepping --------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[StepEvent]:
-        """One decoder step for every row; returns new tokens and finished requests."""
+        """One decoder step for every row; returns new tokens and finished requests.
+
+        Everything that depends on the requests' own parameters runs before the batch changes
+        (step 3): if it raises, the batch is as it was, and :meth:`culprits` can tell which
+        requests made it raise.
+        """
         if self.state is None:
             return []
         single_rows = len(self.active) == len(self)  # every request has one row (no beam search)
         # 1. one decoder step for all rows
         logprobs, state = self.decode_step(self.last_tokens, self.state)  # (B, V)
-        self.state = state
         # 2. per-row constraints and token choice
         row_seqs = [seq for seq in self.active for _ in range(seq.rows)]
         if any(seq.length < seq.request.params.min_length for seq in self.active):
             no_eos = [seq.length < seq.request.params.min_length for seq in row_seqs]
             logprobs = forbid_eos(logprobs, torch.tensor(no_eos, device=self.device))
+        candidates = self._beam_candidates(logprobs)  # per beam request: its best extensions
         chosen = self._choose_single(logprobs, row_seqs)  # (token, logprob) per row of greedy/sampled requests
         # 3. advance every request, collect the rows that continue
+        self.state = state
         events: list[StepEvent] = []
         keep_rows: list[int] = []
         next_tokens: list[int] = []
@@ -240,7 +256,7 @@ class GenerationBatch:
         offset = 0
         for seq in self.active:
             if seq.request.params.strategy is Strategy.BEAM:
-                rows, tokens = self._advance_beam(seq, logprobs[offset : offset + seq.rows])
+                rows, tokens = self._advance_beam(seq, *candidates[offset])
                 rows = [offset + r for r in rows]
             else:
                 rows, tokens = self._advance_single(seq, *chosen[offset])
@@ -260,6 +276,36 @@ class GenerationBatch:
             self.active = still_active
             self._reindex(keep_rows, next_tokens)
         return events
+
+    @torch.inference_mode()
+    def culprits(self) -> list[str]:
+        """After a :meth:`step` that raised before changing the batch: the requests whose own rows
+        raise in a step of their own. Each is tried on a copy, so the batch does not change."""
+        assert self.state is not None
+        found: list[str] = []
+        offset = 0
+        for seq in self.active:
+            rows = torch.arange(offset, offset + seq.rows, device=self.device)
+            offset += seq.rows
+            trial = GenerationBatch(self.model, self.device, self.decode_step)
+            trial.state, trial.last_tokens, trial.active = self.state.select(rows), self.last_tokens[rows], [seq.copy()]
+            try:
+                trial.step()
+            except Exception:  # noqa: BLE001 - whatever it is, it is this request's
+                found.append(seq.request.id)
+        return found
+
+    def _beam_candidates(self, logprobs: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The best ``2 * beam_size`` extensions of each beam request, by the offset of its first row."""
+        candidates = {}
+        offset = 0
+        for seq in self.active:
+            if seq.request.params.strategy is Strategy.BEAM:
+                scores = torch.tensor(seq.scores, dtype=logprobs.dtype, device=logprobs.device)
+                k = seq.request.params.beam_size
+                candidates[offset] = beam_candidates(logprobs[offset : offset + seq.rows], scores, 2 * k)
+            offset += seq.rows
+        return candidates
 
     def _choose_single(self, logprobs: torch.Tensor, row_seqs: list[_Sequence]) -> list[tuple[int, float]]:
         """Greedy argmax for every row, replaced by a sample on rows of sampling requests."""
@@ -292,12 +338,12 @@ class GenerationBatch:
         return [0], [token]
 
     @staticmethod
-    def _advance_beam(seq: _Sequence, logprobs: torch.Tensor) -> tuple[list[int], list[int]]:
-        """Extend one request's beams; returns (source beam per new row, token per new row)."""
+    def _advance_beam(
+        seq: _Sequence, best: torch.Tensor, beams: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[list[int], list[int]]:
+        """Extend one request's beams by its candidates; returns (source beam per new row, token per new row)."""
         params = seq.request.params
         k = params.beam_size
-        scores = torch.tensor(seq.scores, dtype=logprobs.dtype, device=logprobs.device)
-        best, beams, tokens = beam_candidates(logprobs, scores, 2 * k)
         rows: list[int] = []
         new_tokens: list[int] = []
         histories: list[list[int]] = []

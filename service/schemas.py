@@ -6,9 +6,9 @@ a silently ignored setting.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from seq2seq.decoding.params import (
     BeamSize,
@@ -23,6 +23,18 @@ from seq2seq.decoding.params import (
     TopP,
 )
 from seq2seq.optimize import Quantization
+
+
+def _valid_unicode(value: str) -> str:
+    """JSON can carry lone surrogates (``"\\ud800"``), which are not text: nothing can encode them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid Unicode: a lone surrogate at character {exc.start}") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]  # every string a client sends
 
 
 class _Request(BaseModel):
@@ -50,11 +62,11 @@ class DecodingOptions(_Request):
 
 
 class TranslateRequest(DecodingOptions):
-    text: str | None = Field(None, description="one text to translate")
-    texts: list[str] | None = Field(None, description="several texts, translated in one batch")
-    model: str | None = Field(None, description="model name; default: chosen by source_lang/target_lang")
-    source_lang: str | None = Field(None, examples=["de"])
-    target_lang: str | None = Field(None, examples=["en"])
+    text: Text | None = Field(None, description="one text to translate")
+    texts: list[Text] | None = Field(None, description="several texts, translated in one batch")
+    model: Text | None = Field(None, description="model name; default: chosen by source_lang/target_lang")
+    source_lang: Text | None = Field(None, examples=["de"])
+    target_lang: Text | None = Field(None, examples=["en"])
 
     @model_validator(mode="after")
     def _one_of(self) -> TranslateRequest:
@@ -110,14 +122,14 @@ class TranslateResponse(BaseModel):
 
 class ChatTurn(_Request):
     role: Literal["user", "assistant"]
-    content: str = Field(max_length=10_000)
+    content: Text = Field(max_length=10_000)
 
 
 class ChatRequest(DecodingOptions):
-    message: str
+    message: Text
     history: list[ChatTurn] = Field(default_factory=list, max_length=100)
-    model: str | None = None
-    language: str | None = Field(None, examples=["en"])
+    model: Text | None = None
+    language: Text | None = Field(None, examples=["en"])
     stream: bool = Field(False, description="Server-Sent Events: token deltas, then a final 'done' event")
 
     model_config = ConfigDict(

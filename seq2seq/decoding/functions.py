@@ -42,8 +42,9 @@ def filter_logits(
     k = torch.where(top_k > 0, top_k, logits.size(-1))
     drop = ranks >= k[:, None]
     probs = torch.softmax(sorted_logits, dim=-1)
-    # Nucleus: drop a token when the tokens ranked above it already cover top_p.
+    # Nucleus: drop a token when the tokens ranked above it already cover top_p; never the first.
     drop |= (probs.cumsum(-1) - probs) >= top_p[:, None]
+    drop[:, 0] = False
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     filtered = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return torch.softmax(filtered, dim=-1)

@@ -37,9 +37,15 @@ LengthPenalty = Annotated[
     float, Field(ge=0.0, le=5.0, description="GNMT alpha: score / ((5 + len) / 6) ** alpha; 0 = raw log-prob")
 ]
 Sample = Annotated[bool, Field(description="sample instead of taking the most likely token")]
-Temperature = Annotated[float, Field(gt=0.0, le=10.0, description="divides the logits before sampling")]
-TopK = Annotated[int, Field(ge=0, description="sample among the k most likely tokens; 0 = all")]
-TopP = Annotated[float, Field(gt=0.0, le=1.0, description="nucleus sampling mass; 1 = off")]
+# Sampling runs in float32: far below these lower bounds the scaled logits overflow and the
+# nucleus mass rounds to zero, and the output is noise. Near them sampling is greedy decoding.
+Temperature = Annotated[
+    float, Field(ge=0.01, le=10.0, description="divides the logits before sampling; for 0, use greedy decoding")
+]
+TopK = Annotated[
+    int, Field(ge=0, description="sample among the k most likely tokens (at most the vocabulary); 0 = all")
+]
+TopP = Annotated[float, Field(ge=0.001, le=1.0, description="nucleus sampling mass; 1 = off")]
 Seed = Annotated[int | None, Field(ge=0, le=2**63 - 1, description="makes sampling reproducible")]
 
 

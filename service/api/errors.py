@@ -50,7 +50,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error = NotFound(f"no route {request.method} {request.url.path}") if exc.status_code == 404 else None
+        error: ServiceError | None = None
+        if exc.status_code == 404:
+            error = NotFound(f"no route {request.method} {request.url.path}")
+        elif exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # FastAPI's words
+            error = InvalidRequest("malformed JSON: the body could not be decoded (it must be UTF-8)")
         if error is None:
             error = ServiceError(str(exc.detail))
             error.status_code, error.code = exc.status_code, "http_error"

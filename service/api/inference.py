@@ -59,13 +59,17 @@ def check_text(text: str, field: str, settings: Settings) -> str:
     return text.strip()
 
 
-def decode_params(options: DecodingOptions, src_len: int, settings: Settings) -> DecodeParams:
-    """The request's decoding parameters within this server's limits; :class:`DecodeParams`
-    checks everything else about them."""
+def decode_params(options: DecodingOptions, src_len: int, vocab_size: int, settings: Settings) -> DecodeParams:
+    """The request's decoding parameters within this server's and this model's limits;
+    :class:`DecodeParams` checks everything else about them."""
+    if options.top_k > vocab_size:
+        raise InvalidRequest(f"top_k {options.top_k} is larger than the model's vocabulary of {vocab_size} pieces")
     if options.beam_size > settings.max_beam_size:
         raise InvalidRequest(f"beam_size {options.beam_size} is above this server's limit of {settings.max_beam_size}")
-    if options.max_length is not None and options.max_length > settings.max_output_tokens:
-        raise InvalidRequest(f"max_length {options.max_length} is above the limit of {settings.max_output_tokens}")
+    for field in ("max_length", "min_length"):
+        value = getattr(options, field)
+        if value is not None and value > settings.max_output_tokens:
+            raise InvalidRequest(f"{field} {value} is above the limit of {settings.max_output_tokens}")
     max_length = options.max_length or min(2 * src_len + 10, settings.max_output_tokens)
     try:
         return DecodeParams(
@@ -101,7 +105,7 @@ def prepare(
             )
         if not ids:
             raise InvalidRequest(f"{field} has no translatable content")
-        params = decode_params(options, len(ids), settings)
+        params = decode_params(options, len(ids), engine.info.target_tokenizer.vocab_size, settings)
         requests.append(Request(uuid.uuid4().hex, ids, params, timeout_s, stream_tokens))
     return Prepared(entry, engine, requests)
 

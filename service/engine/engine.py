@@ -232,16 +232,22 @@ class Engine:
         return state
 
     def _decode(self) -> list[Output]:
-        """One decoder step; an exception fails the requests of the batch and the worker serves on."""
+        """One decoder step. An exception that some requests' rows cause on their own fails those
+        requests alone, and the others step on at the next iteration; any other fails the batch.
+        Either way the worker serves on."""
         rows = len(self.batch)
+        before = self.batch.state
         t0, cpu0 = time.monotonic(), time.thread_time()
         try:
             events = self.batch.step()
         except Exception as exc:
             log.exception("engine %s: decoder step failed", self.name)
+            culprits = set(self.batch.culprits()) if self.batch.state is before else set()
             with self._cv:
                 self.scheduler.stats.errors += 1
-                failed = self.scheduler.fail(self.scheduler.in_batch(), InternalError(f"inference failed: {exc}"))
+                in_batch = self.scheduler.in_batch()
+                failing = [r for r in in_batch if r.id in culprits] or in_batch
+                failed = self.scheduler.fail(failing, InternalError(f"inference failed: {exc}"))
             return self._retire(failed)
         now = time.monotonic()
         with self._cv:

@@ -392,3 +392,30 @@ def test_requests_encoded_on_another_thread_while_the_batch_steps_join_with_thei
 def test_generation_request_rejects_empty_source() -> None:
     with pytest.raises(ValueError, match="empty"):
         GenerationRequest("x", [])
+
+
+def test_a_request_that_makes_the_step_raise_is_found_and_the_batch_is_unchanged(model: Seq2Seq) -> None:
+    """A sampling request whose top_k overflows a tensor raises in the token choice: the batch is
+    left as it was, culprits() names that request alone, and without it every other request,
+    sampled ones included, ends exactly as alone."""
+    params = [
+        DecodeParams(max_length=9, min_length=3),
+        DecodeParams(max_length=9, min_length=3, sample=True, top_k=2**63),  # poisoned
+        DecodeParams(max_length=9, min_length=3, beam_size=3, n_best=2),
+        DecodeParams(max_length=9, min_length=3, sample=True, seed=5, top_p=0.9),
+    ]
+    requests = make_requests(model.cfg, [5, 4, 7, 6], params)
+    batch = GenerationBatch(model)
+    batch.add(requests)
+    before = batch.state
+    with pytest.raises(ValueError, match="Overflow"):
+        batch.step()
+    assert batch.state is before and all(h == [] for s in batch.active for h in s.histories)
+    assert batch.culprits() == ["r1"]
+    assert batch.state is before  # the trials ran on copies
+    batch.remove({"r1"})
+    results: dict[str, list[Hypothesis]] = {}
+    run_to_end(batch, results)
+    for r in requests:
+        if r.id != "r1":
+            assert_same_hypotheses(results[r.id], alone(model, r))

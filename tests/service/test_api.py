@@ -249,8 +249,8 @@ async def test_the_schema_documents_the_ranges_decode_params_enforces(app_client
     async with app_client() as (client, _):
         schema = (await client.get("/openapi.json")).json()["components"]["schemas"]["TranslateRequest"]
         props = schema["properties"]
-        assert (props["top_p"]["exclusiveMinimum"], props["top_p"]["maximum"]) == (0.0, 1.0)
-        assert (props["temperature"]["exclusiveMinimum"], props["temperature"]["maximum"]) == (0.0, 10.0)
+        assert (props["top_p"]["minimum"], props["top_p"]["maximum"]) == (0.001, 1.0)
+        assert (props["temperature"]["minimum"], props["temperature"]["maximum"]) == (0.01, 10.0)
         assert props["beam_size"]["minimum"] == 1 and props["length_penalty"]["maximum"] == 5.0
         for body, fragment in (
             ({"text": "Hallo", "beam_size": 2, "n_best": 3}, "n_best must not exceed beam_size"),

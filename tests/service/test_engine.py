@@ -16,9 +16,11 @@ from collections.abc import Callable
 import pytest
 from fastapi import FastAPI
 
+from seq2seq.decoding import DecodeParams
 from service.engine.client import LocalEngine
 from service.engine.engine import Engine, EngineDead
-from service.engine.request import RequestStatus
+from service.engine.request import Request, RequestStatus
+from service.errors import InternalError
 from tests.service.conftest import AppClient
 
 SENTENCES = [
@@ -205,6 +207,38 @@ async def test_exception_in_a_batch_fails_only_that_batch(app_client: AppClient)
         assert (await client.get("/health/ready")).status_code == 200
         other = await client.post("/chat", json={"message": "hello"})
         assert other.status_code == 200
+        text = (await client.get("/metrics")).text
+        assert metric(text, "seq2seq_engine_errors_total", '{model="translate-de-en"}') == 1
+
+
+async def test_a_poisoned_request_fails_alone_and_the_batch_goes_on(app_client: AppClient) -> None:
+    """Requests that make the step raise (here a top_k past the API's check, straight to the engine)
+    fail with 500 alone; the requests batched with them get what they get alone."""
+    async with app_client() as (client, app):
+        bodies = [{"text": t, "max_length": 20} for t in SENTENCES] + [
+            {"text": SENTENCES[0], "sample": True, "seed": 3, "max_length": 20},
+            {"text": SENTENCES[1], "beam_size": 3, "n_best": 2, "max_length": 20},
+        ]
+        alone = [(await client.post("/translate", json=b)).json()["translations"] for b in bodies]
+        steps = Steps(app)
+        steps.hold()
+        normal = [asyncio.create_task(client.post("/translate", json=b)) for b in bodies]
+        await until(lambda: live_requests(core(app)) == len(bodies))
+        engine = app.state.registry.entries["translate-de-en"].engine
+        ids = engine.info.source_tokenizer.encode(SENTENCES[2])
+        poison = DecodeParams(sample=True, top_k=2**63, max_length=20)
+        streams = engine.submit([Request(f"poison-{i}", ids, poison, 30.0) for i in range(2)])
+        await until(lambda: live_requests(core(app)) == len(bodies) + 2)
+        steps.allow()
+        replies = await asyncio.gather(*normal)
+
+        def texts(translations: list[dict]) -> list:
+            return [(t["text"], [a["text"] for a in t["alternatives"] or []]) for t in translations]
+
+        assert [texts(r.json()["translations"]) for r in replies] == [texts(t) for t in alone]
+        for stream in streams:
+            with pytest.raises(InternalError, match="inference failed: Overflow"):
+                await stream.final()
         text = (await client.get("/metrics")).text
         assert metric(text, "seq2seq_engine_errors_total", '{model="translate-de-en"}') == 1
 
