@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(torch_threads(settings))
-        registry = Registry(Path(settings.model_store), settings.models)
+        registry = Registry(Path(settings.model_store), settings.models, settings.required_models)
         app.state.registry = registry
         factory = engine_factory(settings, metrics, asyncio.get_running_loop())
 

@@ -81,8 +81,10 @@ class EngineUnavailable(ServiceError):
     status_code = 503
     code = "unavailable"
 
-    def __init__(self, message: str, retry_after_s: int = 1, **kwargs: Any) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)}, **kwargs)
+    def __init__(self, message: str, retry_after_s: int | None = 1, **kwargs: Any) -> None:
+        """``retry_after_s`` None: no ``Retry-After``, for what retrying cannot fix (a model that failed to load)."""
+        headers = {} if retry_after_s is None else {"Retry-After": str(retry_after_s)}
+        super().__init__(message, headers=headers, **kwargs)
 
 
 class ClientClosedRequest(ServiceError):

@@ -108,9 +108,11 @@ def scan_store(store: Path, wanted: list[str]) -> list[ModelEntry]:
 
 
 class Registry:
-    def __init__(self, store: Path, wanted: list[str] | None = None) -> None:
+    def __init__(self, store: Path, wanted: list[str] | None = None, required: list[str] | None = None) -> None:
+        """``required``: the names that must serve for the registry to be ready; empty: every entry."""
         self.store = store
         self.entries: dict[str, ModelEntry] = {e.name: e for e in scan_store(store, wanted or [])}
+        self.required = list(required or [])
         self.draining = False
         self._loaded = threading.Event()
         self._stopping = threading.Event()
@@ -145,8 +147,10 @@ class Registry:
         return self._loaded.wait(timeout)
 
     def is_ready(self) -> bool:
-        """All requested models loaded, warmed up and with a live worker; not draining."""
-        return self.loaded and not self.draining and bool(self.entries) and all(e.ready for e in self.entries.values())
+        """Every required model (by default every model) loaded, warmed up and with a live engine; not draining."""
+        names = self.required or list(self.entries)
+        required = [self.entries.get(name) for name in names]
+        return self.loaded and not self.draining and bool(required) and all(e is not None and e.ready for e in required)
 
     def supervise(self, factory: EngineFactory, on_restart: Callable[[str], None], interval_s: float = 0.5) -> None:
         """Restart the engines whose worker or process died, until :meth:`stop` (runs on a thread).
@@ -210,7 +214,7 @@ class Registry:
             raise EngineUnavailable(f"model {entry.name} is unavailable: its engine died ({entry.error})")
         if status is ModelStatus.LOADING:
             raise EngineUnavailable(f"model {entry.name} is loading", retry_after_s=5)
-        raise EngineUnavailable(f"model {entry.name} failed to load: {entry.error}", retry_after_s=5)
+        raise EngineUnavailable(f"model {entry.name} failed to load: {entry.error}", retry_after_s=None)
 
     def ready_entries(self, task: str | None = None) -> list[ModelEntry]:
         return [e for e in self.entries.values() if e.ready and (task is None or e.task == task)]
@@ -250,16 +254,21 @@ class Registry:
             and (target_lang is None or e.manifest["target_lang"] == target_lang)
         ]
         if not candidates:
-            pending = [
-                e.name
+            serving_this = [
+                e
                 for e in self.entries.values()
                 if e.manifest.get("task") == task
                 and (source_lang is None or e.manifest.get("source_lang") == source_lang)
                 and (target_lang is None or e.manifest.get("target_lang") == target_lang)
-                and e.status in (ModelStatus.LOADING, ModelStatus.DEAD)
             ]
+            pending = [e.name for e in serving_this if e.status in (ModelStatus.LOADING, ModelStatus.DEAD)]
             if pending:  # a model exists for this, it just cannot serve yet (or now): 503, retried elsewhere
                 raise EngineUnavailable(f"model {', '.join(pending)} is not ready", retry_after_s=5)
+            failed = [e for e in serving_this if e.status is ModelStatus.FAILED]
+            if failed:  # it exists and will not load: 503 without a promise of retry
+                wanted = f"{source_lang or '*'}->{target_lang or '*'}" if task == "translate" else (target_lang or "*")
+                reasons = "; ".join(f"{e.name}: {e.error}" for e in failed)
+                raise EngineUnavailable(f"the {task} model for {wanted} failed to load ({reasons})", retry_after_s=None)
             available = sorted(self._pairs(task))
             wanted = f"{source_lang or '*'}->{target_lang or '*'}" if task == "translate" else (target_lang or "*")
             raise ModelNotFound(

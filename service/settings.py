@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="names to load (name or name@version); empty: all"
     )
+    required_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="models that must serve for /health/ready to be 200; empty: every model loaded. "
+        "With names, a replica whose other models failed still takes traffic (they are reported either way)",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: DType = Field(
         "auto",
@@ -88,7 +93,7 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(20.0, ge=0, description="SIGTERM: time to finish in-flight requests")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("models", "cors_origins", mode="before")
+    @field_validator("models", "required_models", "cors_origins", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 
 import pytest
 
@@ -258,3 +259,34 @@ async def test_the_schema_documents_the_ranges_decode_params_enforces(app_client
         ):
             r = await client.post("/translate", json=body)
             assert r.status_code == 422 and fragment in r.json()["error"]["message"]  # DecodeParams' own words
+
+
+async def test_readiness_with_a_failed_model_is_the_operators_choice(
+    app_client: AppClient, tiny_store, tmp_path
+) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    (store / "chat-en" / "1" / "model.safetensors").write_bytes(b"corrupt")
+    async with app_client(model_store=store) as (client, _):
+        ready = await client.get("/health/ready")  # by default every model must serve
+        assert ready.status_code == 503 and ready.json()["error"]["details"]["models"]["chat-en"] == "failed"
+    async with app_client(model_store=store, required_models=["translate-de-en", "translate-de-en-basic"]) as (
+        client,
+        _,
+    ):
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 200
+        assert ready.json()["models"] == {
+            "chat-en": "failed",
+            "translate-de-en": "ready",
+            "translate-de-en-basic": "ready",
+        }
+        by_name = await client.post("/chat", json={"message": "hello", "model": "chat-en"})
+        assert by_name.status_code == 503 and "failed to load" in by_name.json()["error"]["message"]
+        assert "retry-after" not in by_name.headers  # waiting will not load it
+        by_language = await client.post("/chat", json={"message": "hello", "language": "en"})
+        assert by_language.status_code == 503 and "retry-after" not in by_language.headers
+        assert "the chat model for en failed to load" in by_language.json()["error"]["message"]
+        models = {m["name"]: m for m in (await client.get("/models")).json()["models"]}
+        assert models["chat-en"]["status"] == "failed" and "model.safetensors" in models["chat-en"]["error"]
+        assert (await client.post("/translate", json={"text": GERMAN})).status_code == 200

@@ -54,8 +54,12 @@ def test_a_broken_model_is_reported_and_the_others_serve(store: Path) -> None:
     assert registry.defaults() == {"translate:de-en": "translate-de-en"}
     entry = registry.resolve("translate", None, "de", "en")
     assert entry.name == "translate-de-en"  # higher BLEU than translate-de-en-basic
-    with pytest.raises(ModelNotFound, match="no chat model for en"):
+    with pytest.raises(EngineUnavailable, match="the chat model for en failed to load .chat-en: .*sha256") as failed:
         registry.resolve("chat", None, None, "en")
+    assert "Retry-After" not in failed.value.headers  # it will not load by waiting
+    with pytest.raises(ModelNotFound, match="no chat model for ko"):
+        registry.resolve("chat", None, None, "ko")  # nothing for it exists at all
+    assert Registry(store, required=["translate-de-en", "translate-de-en-basic"]).is_ready() is False  # not loaded
 
 
 def test_a_model_still_loading_is_503_not_404(store: Path) -> None:
@@ -155,3 +159,29 @@ def test_one_status_per_model_and_the_503_it_calls_for(store: Path) -> None:
     registry.draining = True
     with pytest.raises(EngineUnavailable, match="shutting down"):
         registry.engine(registry.entries["translate-de-en-basic"])
+
+
+def test_required_models_decide_readiness_and_failed_ones_are_reported(store: Path) -> None:
+    (store / "chat-en" / "10" / "model.safetensors").write_bytes(b"corrupt")
+
+    class FakeEngine:
+        alive = True
+        dead = None
+
+    def factory(entry):
+        from seq2seq.checkpoint import load_model_dir
+
+        load_model_dir(entry.path)
+        return FakeEngine()
+
+    every = Registry(store)
+    every.load_all(factory)
+    assert not every.is_ready()  # the default: every model must serve
+    some = Registry(store, required=["translate-de-en"])
+    some.load_all(factory)
+    assert some.is_ready() and some.entries["chat-en"].status is ModelStatus.FAILED
+    some.entries["translate-de-en"].engine.alive = False
+    assert not some.is_ready()  # a required model that dies takes the replica out
+    ghost = Registry(store, required=["ghost"])
+    ghost.load_all(factory)
+    assert not ghost.is_ready()  # a required model that does not exist never serves
