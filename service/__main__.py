@@ -13,10 +13,11 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import uvicorn
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from service.app import create_app
 from service.settings import Settings, configure_logging
@@ -45,11 +46,35 @@ class DrainingServer(uvicorn.Server):
             self._captured_signals.clear()
 
 
+def _help(name: str, field: FieldInfo) -> str:
+    """A flag's help: what it does, its choices, its default and its environment variable."""
+    parts = [field.description] if field.description else []
+    choices = _choices(field.annotation)
+    if choices:
+        parts.append("one of " + ", ".join(choices))
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, list):
+        default = ",".join(map(str, default)) or "none"
+    elif isinstance(default, bool):
+        default = str(default).lower()
+    parts.append(f"default: {default if default is not None else 'automatic'}")
+    parts.append(f"env SEQ2SEQ_{name.upper()}")
+    return "; ".join(parts).replace("%", "%%")
+
+
+def _choices(annotation: object) -> list[str]:
+    if get_origin(annotation) is Literal:
+        return [str(c) for c in get_args(annotation)]
+    if annotation is bool or bool in get_args(annotation):
+        return ["true", "false"]
+    return []
+
+
 def parse_args(argv: list[str] | None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="seq2seq-serve", description=__doc__)
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        p.add_argument(flag, dest=name, default=None, help=field.description or f"env SEQ2SEQ_{name.upper()}")
+        p.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=_help(name, field))
     return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
 
 

@@ -40,3 +40,20 @@ def test_env_and_flags(monkeypatch: pytest.MonkeyPatch, tiny_store: Path) -> Non
 def test_bad_settings_fail_fast(tiny_store: Path, overrides: dict, fragment: str) -> None:
     with pytest.raises(ValidationError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         Settings(**{"model_store": tiny_store, **overrides})
+
+
+def test_help_shows_every_flag_with_its_choices_default_and_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "--batching BATCHING one of continuous, static, none; default: continuous; env SEQ2SEQ_BATCHING" in text
+    assert "one of true, false; default: true; env SEQ2SEQ_ENGINE_PROCESS" in text
+    assert "default: 256; env SEQ2SEQ_MAX_QUEUE" in text
+    for name in Settings.model_fields:
+        assert f"--{name.replace('_', '-')}" in text and f"SEQ2SEQ_{name.upper()}" in text
+
+
+def test_required_models_from_the_environment(monkeypatch: pytest.MonkeyPatch, tiny_store: Path) -> None:
+    monkeypatch.setenv("SEQ2SEQ_REQUIRED_MODELS", "translate-de-en,chat-en")
+    assert Settings(model_store=tiny_store).required_models == ["translate-de-en", "chat-en"]
