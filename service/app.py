@@ -13,7 +13,7 @@ import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service.api import chat, health, models, prometheus, translate, ui
+from service.api import chat, health, models, openapi, prometheus, translate, ui
 from service.api.errors import install_error_handlers
 from service.engine.client import EngineClient, LocalEngine
 from service.engine.loader import freeze_startup_heap, torch_threads
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
+    openapi.install(app, settings)
     for module in (translate, chat, models, health, prometheus, ui):
         app.include_router(module.router)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)

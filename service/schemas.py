@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from seq2seq.decoding.params import (
+    JSON_NUMBER,
     BeamSize,
     LengthPenalty,
     MaxLength,
@@ -34,7 +35,14 @@ def _valid_unicode(value: str) -> str:
     return value
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is empty: send some text")
+    return value
+
+
 Text = Annotated[str, AfterValidator(_valid_unicode)]  # every string a client sends
+InputText = Annotated[Text, AfterValidator(_not_blank), Field(json_schema_extra={"pattern": r"\S"})]  # to decode
 
 
 class _Request(BaseModel):
@@ -58,12 +66,14 @@ class DecodingOptions(_Request):
     seed: Seed = None
     max_length: MaxLength | None = Field(None, description="generated tokens; default: 2 x source + 10")
     min_length: MinLength = 0
-    timeout: float | None = Field(None, gt=0, le=600, description="deadline in seconds for queue + generation")
+    timeout: Annotated[float, Field(gt=0, le=600), JSON_NUMBER] | None = Field(
+        None, description="deadline in seconds for queue + generation"
+    )
 
 
 class TranslateRequest(DecodingOptions):
-    text: Text | None = Field(None, description="one text to translate")
-    texts: list[Text] | None = Field(None, description="several texts, translated in one batch")
+    text: InputText | None = Field(None, description="one text to translate")
+    texts: list[InputText] | None = Field(None, min_length=1, description="several texts, translated in one batch")
     model: Text | None = Field(None, description="model name; default: chosen by source_lang/target_lang")
     source_lang: Text | None = Field(None, examples=["de"])
     target_lang: Text | None = Field(None, examples=["en"])
@@ -72,8 +82,6 @@ class TranslateRequest(DecodingOptions):
     def _one_of(self) -> TranslateRequest:
         if (self.text is None) == (self.texts is None):
             raise ValueError("give exactly one of 'text' or 'texts'")
-        if self.texts is not None and not self.texts:
-            raise ValueError("'texts' must not be empty")
         return self
 
     @property
@@ -84,6 +92,10 @@ class TranslateRequest(DecodingOptions):
         extra="forbid",
         protected_namespaces=(),
         json_schema_extra={
+            "oneOf": [  # exactly one of text and texts, as _one_of checks
+                {"required": ["text"], "properties": {"text": {"type": "string"}}},
+                {"required": ["texts"], "properties": {"texts": {"type": "array"}}},
+            ],
             "examples": [
                 {"text": "Ein Mann fährt Fahrrad auf einer Straße.", "source_lang": "de", "target_lang": "en"},
                 {
@@ -92,7 +104,7 @@ class TranslateRequest(DecodingOptions):
                     "beam_size": 5,
                     "n_best": 2,
                 },
-            ]
+            ],
         },
     )
 
@@ -126,11 +138,11 @@ class ChatTurn(_Request):
 
 
 class ChatRequest(DecodingOptions):
-    message: Text
+    message: InputText
     history: list[ChatTurn] = Field(default_factory=list, max_length=100)
     model: Text | None = None
     language: Text | None = Field(None, examples=["en"])
-    stream: bool = Field(False, description="Server-Sent Events: token deltas, then a final 'done' event")
+    stream: StrictBool = Field(False, description="Server-Sent Events: token deltas, then a final 'done' event")
 
     model_config = ConfigDict(
         extra="forbid",

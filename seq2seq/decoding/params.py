@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, StrictBool, model_validator
 from pydantic.dataclasses import dataclass
 
 
@@ -29,24 +29,42 @@ class FinishReason(StrEnum):
     ABORTED = "aborted"  # the request was cancelled (client gone, deadline)
 
 
-MaxLength = Annotated[int, Field(ge=1, description="generated tokens, end-of-sequence excluded")]
-MinLength = Annotated[int, Field(ge=0, description="end-of-sequence is impossible before this many tokens")]
-BeamSize = Annotated[int, Field(ge=1, description="beams per input; each beam is one row of the batch")]
-NBest = Annotated[int, Field(ge=1, description="alternatives to return (<= beam_size)")]
-LengthPenalty = Annotated[
-    float, Field(ge=0.0, le=5.0, description="GNMT alpha: score / ((5 + len) / 6) ** alpha; 0 = raw log-prob")
+def _json_number(value: object) -> object:
+    """Numbers only: pydantic would turn ``true`` into 1 and ``"3"`` into 3, which no schema allows."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a number")
+    return value
+
+
+JSON_NUMBER = BeforeValidator(_json_number)
+
+MaxLength = Annotated[int, Field(ge=1, description="generated tokens, end-of-sequence excluded"), JSON_NUMBER]
+MinLength = Annotated[
+    int, Field(ge=0, description="end-of-sequence is impossible before this many tokens"), JSON_NUMBER
 ]
-Sample = Annotated[bool, Field(description="sample instead of taking the most likely token")]
+BeamSize = Annotated[int, Field(ge=1, description="beams per input; each beam is one row of the batch"), JSON_NUMBER]
+NBest = Annotated[int, Field(ge=1, description="alternatives to return (<= beam_size)"), JSON_NUMBER]
+LengthPenalty = Annotated[
+    float,
+    Field(ge=0.0, le=5.0, description="GNMT alpha: score / ((5 + len) / 6) ** alpha; 0 = raw log-prob"),
+    JSON_NUMBER,
+]
+Sample = Annotated[StrictBool, Field(description="sample instead of taking the most likely token")]
 # Sampling runs in float32: far below these lower bounds the scaled logits overflow and the
 # nucleus mass rounds to zero, and the output is noise. Near them sampling is greedy decoding.
 Temperature = Annotated[
-    float, Field(ge=0.01, le=10.0, description="divides the logits before sampling; for 0, use greedy decoding")
+    float,
+    Field(ge=0.01, le=10.0, description="divides the logits before sampling; for 0, use greedy decoding"),
+    JSON_NUMBER,
 ]
 TopK = Annotated[
-    int, Field(ge=0, description="sample among the k most likely tokens (at most the vocabulary); 0 = all")
+    int, Field(ge=0, description="sample among the k most likely tokens (at most the vocabulary); 0 = all"), JSON_NUMBER
 ]
-TopP = Annotated[float, Field(ge=0.001, le=1.0, description="nucleus sampling mass; 1 = off")]
-Seed = Annotated[int | None, Field(ge=0, le=2**63 - 1, description="makes sampling reproducible")]
+TopP = Annotated[float, Field(ge=0.001, le=1.0, description="nucleus sampling mass; 1 = off"), JSON_NUMBER]
+Seed = (
+    Annotated[int, Field(ge=0, le=2**53 - 1, description="makes sampling reproducible (exact in JSON)"), JSON_NUMBER]
+    | None
+)
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # FastAPI's words
             error = InvalidRequest("malformed JSON: the body could not be decoded (it must be UTF-8)")
         if error is None:
-            error = ServiceError(str(exc.detail))
+            error = ServiceError(str(exc.detail), headers=dict(exc.headers or {}))  # 405 carries Allow
             error.status_code, error.code = exc.status_code, "http_error"
             if exc.status_code == 405:
                 error.code = "method_not_allowed"

@@ -52,8 +52,6 @@ class Prepared:
 
 
 def check_text(text: str, field: str, settings: Settings) -> str:
-    if not text.strip():
-        raise InvalidRequest(f"{field} is empty: send some text")
     if len(text) > settings.max_text_chars:
         raise InvalidRequest(f"{field} has {len(text)} characters; the limit is {settings.max_text_chars}")
     return text.strip()
