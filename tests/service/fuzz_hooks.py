@@ -1,0 +1,41 @@
+"""Schemathesis hooks for tests/service/test_fuzz.py (loaded through ``SCHEMATHESIS_HOOKS``).
+
+JSON Schema states ranges, but not rules between fields or about the model a request reaches.
+The server checks those (422 with the rule's words), and the positive cases drawn from the
+schema keep them, so that "valid data is accepted" tests what the schema can say:
+
+- ``n_best <= beam_size``, no ``sample`` with ``beam_size > 1``, ``min_length <= max_length``;
+- ``top_k`` no larger than the vocabulary (``FUZZ_VOCAB_SIZE``: the test store's models);
+- a deadline long enough to be met (``timeout`` of at least a second): a 504 is not a server error.
+Negative cases are never filtered.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import schemathesis
+from schemathesis import GenerationMode
+
+VOCAB_SIZE = int(os.environ.get("FUZZ_VOCAB_SIZE", "0"))
+
+
+def breaks_a_rule(body: dict[str, Any]) -> bool:
+    beam_size = body.get("beam_size", 1)
+    max_length = body.get("max_length")
+    return bool(
+        body.get("n_best", 1) > beam_size
+        or (body.get("sample") and beam_size > 1)
+        or (max_length is not None and body.get("min_length", 0) > max_length)
+        or (VOCAB_SIZE and body.get("top_k", 0) > VOCAB_SIZE)
+        or (body.get("timeout") is not None and body["timeout"] < 1)
+    )
+
+
+@schemathesis.hook
+def filter_case(ctx: schemathesis.HookContext, case: schemathesis.Case) -> bool:
+    meta = case.meta
+    if meta is not None and meta.generation.mode is GenerationMode.NEGATIVE:
+        return True
+    return not (isinstance(case.body, dict) and breaks_a_rule(case.body))
