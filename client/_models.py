@@ -80,6 +80,8 @@ class TranslateResult:
     translations: list[Translation]
     usage: Usage | None = None
     request_id: str | None = None
+    source_lang: str | None = None  # the model's: as asked, or identified from the text
+    target_lang: str | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], request_id: str | None = None) -> Self:
@@ -90,6 +92,8 @@ class TranslateResult:
             translations=[Translation.from_json(t) for t in data["translations"]],
             usage=Usage(**_known_fields(Usage, usage)) if usage is not None else None,
             request_id=request_id,
+            source_lang=data.get("source_lang"),
+            target_lang=data.get("target_lang"),
         )
 
 
@@ -112,6 +116,7 @@ class ChatResult:
     tokens: int
     finish_reason: FinishReason
     request_id: str | None = None
+    language: str | None = None  # the model's: as asked, or identified from the message
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], request_id: str | None = None) -> Self:

@@ -15,6 +15,8 @@ import sentencepiece as spm
 
 from seq2seq.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
+UNKNOWN_PIECE_LOGPROB = -20.0  # below any trained piece's score
+
 
 class TokenizerError(ValueError):
     pass
@@ -83,6 +85,15 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.DecodeIds([i for i in ids if i > EOS_ID])
+
+    def fit(self, text: str) -> float:
+        """How well this tokenizer's language model explains ``text``: the log-probability of its
+        segmentation per character (the unigram pieces' own scores; an unknown piece costs
+        :data:`UNKNOWN_PIECE_LOGPROB`). Tokenizers trained on a language score its text highest,
+        which tells the language of a text offline, from the models' own files."""
+        ids = self.encode(text)
+        total = sum(UNKNOWN_PIECE_LOGPROB if i == UNK_ID else self.sp.GetScore(i) for i in ids)
+        return total / max(1, len(text))
 
 
 class IncrementalDetokenizer:

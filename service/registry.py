@@ -9,6 +9,7 @@ derived in one place, :attr:`ModelEntry.status`, and every response reports that
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import Any
 
 from seq2seq.checkpoint import CheckpointError, read_manifest, store_versions
 from service.engine.client import EngineClient
-from service.errors import EngineUnavailable, ModelNotFound
+from service.errors import EngineUnavailable, InvalidRequest, ModelNotFound
 
 log = logging.getLogger("service.registry")
 
@@ -240,8 +241,13 @@ class Registry:
             raise ModelNotFound(f"model {name!r} not found; available: {', '.join(sorted(self.entries)) or 'none'}")
         return entry
 
-    def resolve(self, task: str, model: str | None, source_lang: str | None, target_lang: str | None) -> ModelEntry:
-        """The entry that serves a request: by name, else the default for the language (pair)."""
+    def resolve(
+        self, task: str, model: str | None, source_lang: str | None, target_lang: str | None, text: str = ""
+    ) -> ModelEntry:
+        """The entry that serves a request: by name, else the default for the language (pair).
+
+        Without a source language, when the models that fit serve more than one, the language is
+        the one whose model's tokenizer explains ``text`` best (:func:`identify_language`)."""
         if model is not None:
             entry = self.get(model)
             if entry.task != task and entry.ready:
@@ -275,6 +281,9 @@ class Registry:
                 f"no {task} model for {wanted}; available: {', '.join(available) or 'none'}",
                 details={"available": available},
             )
+        if source_lang is None and len({e.manifest["source_lang"] for e in candidates}) > 1:
+            language = identify_language(text, candidates)
+            candidates = [e for e in candidates if e.manifest["source_lang"] == language]
         defaults = set(self.defaults().values())
         return max(candidates, key=lambda e: (e.name in defaults, e.beam_bleu(), -len(e.name)))
 
@@ -282,3 +291,23 @@ class Registry:
         if task == "translate":
             return {f"{e.manifest['source_lang']}->{e.manifest['target_lang']}" for e in self.ready_entries(task)}
         return {e.manifest["target_lang"] for e in self.ready_entries(task)}
+
+
+LANGUAGE_MARGIN = 0.5  # log-probability per character between the best and the second language
+
+
+def identify_language(text: str, candidates: list[ModelEntry]) -> str:
+    """The source language of ``text`` among the candidates': the one whose tokenizer fits it best
+    (:meth:`~seq2seq.tokenizer.Tokenizer.fit`), or 422 listing them when two fit about as well."""
+    fits: dict[str, float] = {}
+    for entry in candidates:
+        assert entry.engine is not None
+        language = entry.manifest["source_lang"]
+        fits[language] = max(fits.get(language, -math.inf), entry.engine.info.source_tokenizer.fit(text))
+    ranked = sorted(fits, key=fits.__getitem__, reverse=True)
+    if not text.strip() or fits[ranked[0]] - fits[ranked[1]] < LANGUAGE_MARGIN:
+        raise InvalidRequest(
+            f"cannot tell the language of the text among {', '.join(sorted(fits))}: give it (source_lang or language)",
+            details={"languages": sorted(fits)},
+        )
+    return ranked[0]

@@ -128,6 +128,8 @@ class Usage(BaseModel):
 class TranslateResponse(BaseModel):
     model: str
     version: str
+    source_lang: str | None = Field(description="the model's languages: as asked, or the source identified")
+    target_lang: str | None
     translations: list[Translation]
     usage: Usage
 
@@ -159,6 +161,7 @@ class ChatRequest(DecodingOptions):
 class ChatResponse(BaseModel):
     model: str
     version: str
+    language: str | None = Field(description="the model's language: as asked, or identified from the message")
     reply: str
     score: float
     tokens: int

@@ -48,6 +48,7 @@ def _response(prepared: Prepared, hyp: Hypothesis, tokenizer: Tokenizer) -> Chat
     return ChatResponse(
         model=prepared.entry.name,
         version=prepared.entry.version,
+        language=prepared.entry.manifest.get("target_lang"),
         reply=tokenizer.decode(hyp.tokens),
         score=hyp.score,
         tokens=len(hyp.tokens),
@@ -66,7 +67,7 @@ def sse(event: str, data: Any) -> str:
 )
 async def chat(body: ChatRequest, request: Request, registry: RegistryDep, settings: SettingsDep):
     """Reply to ``message``. With ``stream: true`` the reply arrives token by token as SSE."""
-    entry = registry.resolve("chat", body.model, None, body.language)
+    entry = registry.resolve("chat", body.model, None, body.language, body.message)
     request.state.model = entry.name
     prepared = prepare(entry, registry, [source_text(body, entry.manifest)], ["message"], body, settings, body.stream)
     streams = submit(prepared)

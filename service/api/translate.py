@@ -19,7 +19,7 @@ async def translate(body: TranslateRequest, request: Request, registry: Registry
     texts = body.inputs
     if len(texts) > settings.max_texts:
         raise InvalidRequest(f"{len(texts)} texts in one request; the limit is {settings.max_texts}")
-    entry = registry.resolve("translate", body.model, body.source_lang, body.target_lang)
+    entry = registry.resolve("translate", body.model, body.source_lang, body.target_lang, " ".join(texts))
     request.state.model = entry.name
     fields = ["text"] if body.text is not None else [f"texts[{i}]" for i in range(len(texts))]
     prepared = prepare(entry, registry, texts, fields, body, settings)
@@ -45,6 +45,8 @@ async def translate(body: TranslateRequest, request: Request, registry: Registry
     return TranslateResponse(
         model=entry.name,
         version=entry.version,
+        source_lang=entry.manifest.get("source_lang"),
+        target_lang=entry.manifest.get("target_lang"),
         translations=translations,
         usage=Usage(input_tokens=prepared.input_tokens, output_tokens=output_tokens),
     )

@@ -266,9 +266,11 @@ let models = [];
 let modelsTimer = null;
 
 function modelTarget(select) {
-  // "pair:de:en" -> {source_lang, target_lang}; "lang:en" -> {language}; "model:name" -> {model}
+  // "pair:de:en" -> {source_lang, target_lang}; "lang:en" -> {language}; "model:name" -> {model};
+  // "to:en" -> {target_lang} and "detect:" -> {}: the server identifies the text's language
   const [kind, a, b] = select.value.split(":");
   if (kind === "pair") return { source_lang: a, target_lang: b };
+  if (kind === "to") return { target_lang: a };
   if (kind === "lang") return { language: a };
   if (kind === "model") return { model: a };
   return {};
@@ -296,6 +298,13 @@ function fillPicker(select, task) {
       }
     }
   }
+  const detect = el("optgroup", { label: "Detect the language of the text" });
+  if (task === "translate") {
+    const targets = [...new Set(ofTask.filter((m) => m.status === "ready").map((m) => m.target_lang))];
+    for (const tgt of targets) detect.append(el("option", { value: `to:${tgt}`, text: `Detect → ${languageName(tgt)}` }));
+  } else if (ofTask.some((m) => m.status === "ready")) {
+    detect.append(el("option", { value: "detect:", text: "Detect the language" }));
+  }
   const byName = el("optgroup", { label: "Model" });
   for (const model of ofTask) {
     const langs = task === "translate" ? `${model.source_lang}→${model.target_lang}` : model.source_lang;
@@ -306,7 +315,9 @@ function fillPicker(select, task) {
       }),
     );
   }
-  select.replaceChildren(...[defaults, byName].filter((g) => g.children.length));
+  // Chat starts on "detect": a message in another language than the picked one gets a reply from the wrong model
+  const groups = task === "chat" ? [detect, defaults, byName] : [defaults, detect, byName];
+  select.replaceChildren(...groups.filter((g) => g.children.length));
   if (!select.options.length) select.append(el("option", { value: "", text: `no ${task} model loaded` }));
   if ([...select.options].some((o) => o.value === previous)) select.value = previous;
 }

@@ -101,6 +101,9 @@ def test_chat_reply_streams_token_by_token(page: Any, web_env: WebEnv, artifacts
     open_page(page, web_env)
     page.click("#tab-chat")
     assert page.is_visible("#chat-log")
+    assert page.input_value("#chat-model") == "detect:"  # the server picks the model of the message's language
+    translate_options = page.eval_on_selector_all("#translate-model option", "els => els.map(e => e.value)")
+    assert "to:en" in translate_options  # "Detect → English"
     page.select_option("#chat-model", "lang:en")
     page.evaluate(RECORD_REPLY_LENGTHS)
     page.fill("#chat-message", "Hello, how are you?")
