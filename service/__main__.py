@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from service.app import create_app
+from service.http import HttpLimits, limited_protocol
 from service.settings import Settings, configure_logging
 
 log = logging.getLogger("service")
@@ -92,6 +93,12 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,  # one structured line per request comes from RequestContextMiddleware
+        http=limited_protocol(
+            HttpLimits(
+                settings.max_header_bytes, settings.max_headers, settings.header_timeout_s, settings.body_timeout_s
+            )
+        ),
+        timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
         lifespan="on",
     )

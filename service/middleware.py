@@ -64,7 +64,11 @@ class RequestContextMiddleware:
                 return
             if message["type"] == "http.response.start":
                 status, response_started = message["status"], True
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode("latin-1")),
+                    (b"x-content-type-options", b"nosniff"),  # a JSON error is never read as a page
+                ]
             await send(message)
 
         try:

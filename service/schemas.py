@@ -6,6 +6,7 @@ a silently ignored setting.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
@@ -35,14 +36,22 @@ def _valid_unicode(value: str) -> str:
     return value
 
 
+# The characters that SentencePiece's nmt_nfkc normalisation (every tokenizer here) turns into
+# nothing or into a space: a text of only these tokenizes to no piece at all.
+SILENT_CHARACTERS = (
+    "\x01-\x20\x7f\x8f\x9f\xa0\u061c\u1680\u2000-\u200c\u200e\u200f\u2028\u2029\u202f\u205f\u2581\u3000\ufeff\ufffd"
+)
+_SOUNDING = re.compile(f"[^{SILENT_CHARACTERS}]")
+
+
 def _not_blank(value: str) -> str:
-    if not value.strip():
+    if not _SOUNDING.search(value):
         raise ValueError("is empty: send some text")
     return value
 
 
 Text = Annotated[str, AfterValidator(_valid_unicode)]  # every string a client sends
-InputText = Annotated[Text, AfterValidator(_not_blank), Field(json_schema_extra={"pattern": r"\S"})]  # to decode
+InputText = Annotated[Text, AfterValidator(_not_blank), Field(json_schema_extra={"pattern": _SOUNDING.pattern})]
 
 
 class _Request(BaseModel):

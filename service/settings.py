@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
     max_beam_size: int = Field(8, ge=1)
 
+    # HTTP limits (service/http.py)
+    max_header_bytes: int = Field(32_768, ge=1024, description="request line and header fields, in all; else 431")
+    max_headers: int = Field(100, ge=8, description="header fields per request; else 431")
+    header_timeout_s: float = Field(10.0, gt=0, description="a request head must arrive within this; else 408")
+    body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this after its head")
+    keep_alive_s: float = Field(5.0, gt=0, description="idle kept-alive connections close after this")
+
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="allowed browser origins, comma-separated; empty: CORS off"
     )

@@ -101,7 +101,7 @@ def prepare(
             raise InvalidRequest(
                 f"{field} is {len(ids)} tokens long; the limit is {settings.max_input_tokens}: split it into sentences"
             )
-        if not ids:
+        if not ids:  # the schema's pattern knows nmt_nfkc; a model trained with other normalisation may differ
             raise InvalidRequest(f"{field} has no translatable content")
         params = decode_params(options, len(ids), engine.info.target_tokenizer.vocab_size, settings)
         requests.append(Request(uuid.uuid4().hex, ids, params, timeout_s, stream_tokens))

@@ -19,6 +19,14 @@ STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 
 # Browsers revalidate on every load (a cheap 304 thanks to ETag), so a redeploy is seen at once.
 NO_CACHE = "no-cache"
+# The page loads only its own script and styles and talks only to this server; nobody may frame it.
+PAGE_HEADERS = {
+    "Cache-Control": NO_CACHE,
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 class _RevalidatedStaticFiles(StaticFiles):
@@ -36,4 +44,4 @@ router.mount("/static", _RevalidatedStaticFiles(directory=STATIC_DIR), name="sta
 
 @router.get("/", response_class=FileResponse, include_in_schema=False)
 async def index() -> FileResponse:
-    return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers={"Cache-Control": NO_CACHE})
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=PAGE_HEADERS)

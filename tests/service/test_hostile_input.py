@@ -105,3 +105,22 @@ async def test_control_characters_long_tokens_many_texts_and_odd_bodies(app_clie
         assert_clear_4xx(await post(client, "/translate", b"null"))
         assert_clear_4xx(await post(client, "/chat", b'{"message": "hi", "history": [{"role": "system"}]}'))
         await assert_still_serving(client)
+
+
+def test_silent_characters_are_exactly_those_every_tokenizer_drops(tiny_store) -> None:
+    """The schema's pattern for texts (something to tokenize) matches the tokenizers themselves."""
+    import re
+
+    from seq2seq.tokenizer import Tokenizer
+    from service.schemas import SILENT_CHARACTERS
+    from tests.server_process import MODEL_STORE
+
+    silent = re.compile(f"[{SILENT_CHARACTERS}]")
+    paths = sorted(MODEL_STORE.glob("*/*/source.model")) + sorted(tiny_store.glob("*/*/source.model"))
+    for path in paths:
+        tokenizer = Tokenizer.load(path)
+        for code in range(0x30000):
+            if 0xD800 <= code <= 0xDFFF:
+                continue
+            char = chr(code)
+            assert (not tokenizer.encode(char)) == bool(silent.fullmatch(char)), (path, hex(code))
