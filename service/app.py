@@ -63,9 +63,11 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
             threading.Thread(target=load_models, name="model-loader", daemon=True).start()
         else:
             await asyncio.to_thread(load_models)
-        yield
-        registry.draining = True
-        await asyncio.to_thread(registry.stop, settings.shutdown_grace_s)
+        try:
+            yield
+        finally:  # also when the app's host fails: engines and their processes never outlive it
+            registry.draining = True
+            await asyncio.to_thread(registry.stop, settings.shutdown_grace_s)
 
     app = FastAPI(
         title="seq2seq-serve",

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_STORE = ROOT / "model_store"
@@ -80,6 +81,11 @@ class ServiceProcess:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} port={self.port} pid={self.proc.pid} returncode={self.proc.returncode}>"
+
+    def memory_bytes(self) -> int:
+        """Proportional set size of the server and every process it started (its engine processes)."""
+        root = psutil.Process(self.proc.pid)
+        return sum(p.memory_full_info().pss for p in [root, *root.children(recursive=True)])
 
     def log(self) -> str:
         """Everything the process has written so far (stdout and stderr, interleaved)."""

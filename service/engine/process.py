@@ -33,6 +33,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+import setproctitle
 import torch
 
 from seq2seq.checkpoint import load_tokenizers
@@ -160,7 +161,14 @@ class EngineProcess(EngineClient):
             tokenizers["source"], tokenizers["target"], message.device, message.dtype, message.quantization
         )
         client = cls(name, info, process, metrics, loop)
-        asyncio.run_coroutine_threadsafe(client._connect(commands, reports), loop).result()
+        try:
+            asyncio.run_coroutine_threadsafe(client._connect(commands, reports), loop).result()
+        except BaseException:  # the event loop is gone (the server stops): so is the process
+            process.kill()
+            process.join(5)
+            commands.close()
+            reports.close()
+            raise
         return client
 
     @property
@@ -211,7 +219,7 @@ class EngineProcess(EngineClient):
 
     def _lost(self) -> None:
         """The reports pipe ended: the process exited after a stop, or died."""
-        if self._commands is not None:
+        if self._commands is not None and not self._commands.is_closing():
             self._commands.abort()
         if not self._stopping:
             self._process.join(1)
@@ -248,6 +256,7 @@ def serve(commands: Connection, reports: Connection, name: str, path: Path, sett
     # end of the pipe closes, never half-way through the drain.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    setproctitle.setproctitle(f"seq2seq-serve engine {name}")  # what ps and top show: the model's own process
     configure_logging(settings)
     torch.set_num_threads(torch_threads(settings))
     pipe = _Pipe(reports)

@@ -41,3 +41,8 @@ def app_client(tiny_store: Path) -> AppClient:
                 yield client, app
 
     return start
+
+
+def translation_texts(translations: list[dict]) -> list[tuple[str, list[str]]]:
+    """What a /translate reply says, without its scores (their last digits depend on the batch)."""
+    return [(t["text"], [a["text"] for a in t["alternatives"] or []]) for t in translations]

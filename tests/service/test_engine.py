@@ -21,7 +21,7 @@ from service.engine.client import LocalEngine
 from service.engine.engine import Engine, EngineDead
 from service.engine.request import Request, RequestStatus
 from service.errors import InternalError
-from tests.service.conftest import AppClient
+from tests.service.conftest import AppClient, translation_texts
 
 SENTENCES = [
     "Ein Mann spielt mit einem Hund im Park.",
@@ -231,11 +231,7 @@ async def test_a_poisoned_request_fails_alone_and_the_batch_goes_on(app_client: 
         await until(lambda: live_requests(core(app)) == len(bodies) + 2)
         steps.allow()
         replies = await asyncio.gather(*normal)
-
-        def texts(translations: list[dict]) -> list:
-            return [(t["text"], [a["text"] for a in t["alternatives"] or []]) for t in translations]
-
-        assert [texts(r.json()["translations"]) for r in replies] == [texts(t) for t in alone]
+        assert [translation_texts(r.json()["translations"]) for r in replies] == [translation_texts(t) for t in alone]
         for stream in streams:
             with pytest.raises(InternalError, match="inference failed: Overflow"):
                 await stream.final()
