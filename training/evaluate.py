@@ -32,10 +32,29 @@ from training.train import corpus_files, evaluate_loss
 log = logging.getLogger("training.evaluate")
 
 
-def load_run(run_dir: Path, weights: str = "best.safetensors") -> tuple[Seq2Seq, Tokenizer, Tokenizer, dict[str, Any]]:
+def run_weights(run_dir: Path) -> str:
+    """The weights a run hands on: those ``training.select`` chose, else the lowest validation loss."""
+    return "selected.safetensors" if (run_dir / "selected.safetensors").exists() else "best.safetensors"
+
+
+def corpus_of_run(info: dict[str, Any], corpus: str | None = None, src: str | None = None, tgt: str | None = None):
+    """``load_corpus`` arguments for the data a run (its ``run.json``) trained on."""
+    run_args = info["args"]
+    return {
+        "name": corpus or run_args["corpus"],
+        "data_dir": Path(run_args["data_dir"]),
+        "src": src or run_args["src"],
+        "tgt": tgt or run_args["tgt"],
+        "seed": int(run_args["seed"]),
+        "files": {k: Path(v) for k, v in corpus_files(argparse.Namespace(**run_args)).items()},  # corpus 'files'
+    }
+
+
+def load_run(run_dir: Path, weights: str | None = None) -> tuple[Seq2Seq, Tokenizer, Tokenizer, dict[str, Any]]:
+    """The run's model (``weights``: a file of the run; default :func:`run_weights`) and tokenizers."""
     info = json.loads((run_dir / "run.json").read_text())
     model = Seq2Seq(ModelConfig.from_dict(info["model"]))
-    load_weights(model, run_dir / weights)
+    load_weights(model, run_dir / (weights or run_weights(run_dir)))
     model.eval()
     return model, Tokenizer.load(run_dir / "source.model"), Tokenizer.load(run_dir / "target.model"), info
 
@@ -88,8 +107,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--corpus", help="default: the corpus the run or the packaged model was trained on")
     p.add_argument("--src", help="default: the run's / manifest's source language")
     p.add_argument("--tgt", help="default: the run's / manifest's target language")
-    p.add_argument("--beam-size", type=int, default=5)
-    p.add_argument("--length-penalty", type=float, default=1.0)
+    p.add_argument("--beam-size", type=int, help="default: tuned on val (selection.json / manifest), else 5")
+    p.add_argument("--length-penalty", type=float, help="default: tuned on val, else 1.0")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
         "--quantize", choices=QUANTIZATIONS, default="none", help="evaluate the int8 model the service runs with it"
@@ -105,17 +124,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not dtype_fits(args.quantize, args.dtype):
         p.error("--quantize int8 runs float32 activations: leave --dtype at float32")
     torch.set_num_threads(args.threads)
+    tuned: dict[str, Any] = {}
     if args.run_dir:
         model, src_tok, tgt_tok, info = load_run(args.run_dir)
-        run_args = info["args"]
-        corpus = load_corpus(
-            args.corpus or run_args["corpus"],
-            Path(run_args["data_dir"]),
-            args.src or run_args["src"],
-            args.tgt or run_args["tgt"],
-            int(run_args["seed"]),
-            {k: Path(v) for k, v in corpus_files(argparse.Namespace(**run_args)).items()},  # corpus 'files'
-        )
+        corpus = load_corpus(**corpus_of_run(info, args.corpus, args.src, args.tgt))
+        if (args.run_dir / "selection.json").exists():
+            tuned = json.loads((args.run_dir / "selection.json").read_text())["decoding"]
     else:
         loaded = load_model_dir(args.model_dir)
         model, src_tok, tgt_tok = loaded.model, loaded.source_tokenizer, loaded.target_tokenizer
@@ -127,8 +141,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             tgt=args.tgt or m["target_lang"],
             seed=int(trained_on.get("seed", 1)),  # the chat corpora's held-out split depends on it
         )
+        tuned = m.get("decoding") or {}
     model = optimize_for_inference(model.to(getattr(torch, args.dtype)), args.quantize)  # the form the service runs
-    result = evaluate(model, src_tok, tgt_tok, corpus.test, args.beam_size, args.length_penalty)
+    beam_size = args.beam_size or tuned.get("beam_size", 5)
+    alpha = args.length_penalty if args.length_penalty is not None else tuned.get("length_penalty", 1.0)
+    result = evaluate(model, src_tok, tgt_tok, corpus.test, beam_size, alpha)
     result["dtype"], result["quantize"] = args.dtype, args.quantize
     result["test_set"] = (
         corpus.provenance.get("splits", {}).get("test", "test")

@@ -40,6 +40,8 @@ def build_manifest(name: str, version: str, run_dir: Path) -> dict[str, Any]:
     info = json.loads((run_dir / "run.json").read_text())
     state = json.loads((run_dir / "trainer_state.json").read_text())
     evaluation = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else None
+    selection_path = run_dir / "selection.json"
+    selection = json.loads(selection_path.read_text()) if selection_path.exists() else None
     threads = info.get("threads", 1)
     return {
         "name": name,
@@ -68,6 +70,8 @@ def build_manifest(name: str, version: str, run_dir: Path) -> dict[str, Any]:
             "history": state["history"],
         },
         "evaluation": evaluation,
+        # weights and beam settings chosen on val (training.select): what "beam" above was decoded with
+        **({"selection": selection, "decoding": selection["decoding"]} if selection else {}),
     }
 
 

@@ -18,11 +18,19 @@ def _bleu(evaluation: dict[str, Any], mode: str) -> str:
     return f"{result['bleu']:.1f} / {result['bleu_lc']:.1f}" if "bleu" in result else "–"
 
 
+def _beam(evaluation: dict[str, Any]) -> str:
+    """chrF of the beam output, and the beam settings it was decoded with."""
+    result = evaluation.get("beam") or {}
+    decoding = result.get("decoding") or {}
+    chrf = f"{result['chrf']:.1f}" if "chrf" in result else "–"
+    return f"{chrf} | {decoding.get('beam_size', '–')}, α {decoding.get('length_penalty', '–')}"
+
+
 def table(store: Path) -> str:
     rows = [
         "| model | task | architecture | parameters | size | test set | BLEU greedy (cased / lc) | "
-        "BLEU beam 5 (cased / lc) | test ppl | epochs | training time | hardware |",
-        "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
+        "BLEU beam (cased / lc) | chrF beam | beam, length penalty | test ppl | epochs | training time | hardware |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for name, versions in store_versions(store).items():
         path = store / name / versions[-1]
@@ -35,7 +43,8 @@ def table(store: Path) -> str:
             f"| `{m['name']}` v{m['version']} | {m['task']} {m['source_lang']}→{m['target_lang']} "
             f"| {m['model']['architecture']} | {m['parameters'] / 1e6:.1f} M | {size:.1f} MB "
             f"| {evaluation.get('test_set', '–')} ({evaluation.get('sentences', '–')}) "
-            f"| {_bleu(evaluation, 'greedy')} | {_bleu(evaluation, 'beam')} | {evaluation.get('test_ppl', '–')} "
+            f"| {_bleu(evaluation, 'greedy')} | {_bleu(evaluation, 'beam')} | {_beam(evaluation)} "
+            f"| {evaluation.get('test_ppl', '–')} "
             f"| {training.get('epochs', '–')} (best {training.get('best_epoch', '–')}) | {minutes:.0f} min "
             f"| {training.get('hardware', '–')} |"
         )
