@@ -12,7 +12,7 @@ import pytest
 
 from tests.server_process import ServiceProcess
 
-MODELS = "translate-de-en,chat-en"
+MODELS = "translate-de-en,translate-fr-en,chat-en"
 READY_TIMEOUT_S = 120  # model loading and warm-up compete with background training for two cores
 
 

@@ -54,7 +54,7 @@ async def test_stream_text_deltas(client: AsyncClient) -> None:
 
 async def test_models(client: AsyncClient) -> None:
     names = [m.name for m in await client.models()]
-    assert sorted(names) == ["chat-en", "translate-de-en"]
+    assert sorted(names) == ["chat-en", "translate-de-en", "translate-fr-en"]
     assert (await client.model("translate-de-en")).task == "translate"
 
 

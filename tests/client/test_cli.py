@@ -37,6 +37,17 @@ def test_translate(server_url: str) -> None:
     assert len(lines) == 2 and all(line.strip() for line in lines)
 
 
+@pytest.mark.parametrize(
+    ("text", "model"),
+    [("Zwei Hunde spielen im Schnee.", "translate-de-en"), ("Deux chiens jouent.", "translate-fr-en")],
+)
+def test_translate_without_from_reaches_the_model_of_the_texts_language(server_url: str, text: str, model: str) -> None:
+    """The README's own example: ``seq2seq translate "..." --to en``, with German and French loaded."""
+    done = seq2seq("translate", text, "--to", "en", "--json", url=server_url)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["model"] == model
+
+
 def test_translate_n_best_as_json(server_url: str) -> None:
     # --n-best 3 alone: the CLI raises the beam to 3 so the server accepts it.
     done = seq2seq("translate", "Ein Kind lacht.", "--to", "en", "--n-best", "3", "--json", url=server_url)
@@ -51,7 +62,7 @@ def test_models_table(server_url: str) -> None:
     assert done.returncode == 0, done.stderr
     header, *rows = done.stdout.splitlines()
     assert header.split()[:3] == ["NAME", "VERSION", "TASK"]
-    assert sorted(row.split()[0] for row in rows) == ["chat-en", "translate-de-en"]
+    assert sorted(row.split()[0] for row in rows) == ["chat-en", "translate-de-en", "translate-fr-en"]
 
 
 def test_chat_reads_lines_and_streams_replies(server_url: str) -> None:

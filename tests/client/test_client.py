@@ -44,7 +44,7 @@ def test_health_and_ready(client: Client) -> None:
     assert client.health().status == "ok"
     readiness = client.ready()
     assert readiness.ready
-    assert readiness.models == {"chat-en": "ready", "translate-de-en": "ready"}
+    assert readiness.models == {"chat-en": "ready", "translate-de-en": "ready", "translate-fr-en": "ready"}
 
 
 def test_translate_one_text(client: Client) -> None:
@@ -124,7 +124,7 @@ def test_leaving_a_stream_early_cancels_the_generation(client: Client, server_ur
 
 def test_models(client: Client) -> None:
     models = {m.name: m for m in client.models()}
-    assert set(models) == {"chat-en", "translate-de-en"}
+    assert set(models) == {"chat-en", "translate-de-en", "translate-fr-en"}
     translate = models["translate-de-en"]
     assert (translate.task, translate.source_lang, translate.target_lang, translate.status) == (
         "translate",
@@ -149,7 +149,7 @@ def test_unknown_model_raises_model_not_found(client: Client) -> None:
 def test_unknown_language_pair_lists_what_is_available(client: Client) -> None:
     with pytest.raises(ModelNotFound) as info:
         client.translate(GERMAN[0], target_lang="fr")
-    assert info.value.details["available"] == ["de->en"]
+    assert info.value.details["available"] == ["de->en", "fr->en"]
 
 
 def test_invalid_requests_raise_invalid_request(client: Client) -> None:
