@@ -35,6 +35,17 @@ def hardware() -> str:
     return cpu
 
 
+def shipped_epoch(state: dict[str, Any], selection: dict[str, Any] | None) -> int | str:
+    """The epoch of the weights exported: lowest val loss unless ``training.select`` chose otherwise."""
+    chosen = (selection or {}).get("selected", "best.safetensors")
+    if chosen == "best-bleu.safetensors":
+        return int(state["best_bleu_epoch"])
+    if chosen == "average.safetensors":
+        epochs = [int(e.removeprefix("epoch-").removesuffix(".safetensors")) for e in selection["averaged_epochs"]]
+        return f"average of {epochs[0]}-{epochs[-1]}"
+    return int(state["best_epoch"])
+
+
 def build_manifest(name: str, version: str, run_dir: Path) -> dict[str, Any]:
     recipe = RECIPES[name]
     info = json.loads((run_dir / "run.json").read_text())
@@ -62,7 +73,7 @@ def build_manifest(name: str, version: str, run_dir: Path) -> dict[str, Any]:
                 if v is not None and k not in ("run_dir", "data_dir", "tokenizers_from", "time_budget", "threads")
             },
             "epochs": state["epoch"],
-            "best_epoch": state["best_epoch"],
+            "best_epoch": shipped_epoch(state, selection),  # the epoch whose weights are in the model dir
             "best_val_loss": round(state["best_val_loss"], 4),
             "training_time_s": round(state["elapsed_s"]),
             "hardware": f"{hardware()}, {threads} thread(s), CPU",

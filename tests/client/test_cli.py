@@ -112,11 +112,10 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
 
 
 def test_a_reader_that_stops_early_ends_the_cli_quietly(server_url: str) -> None:
-    """``seq2seq models --json | head -c 20``: no BrokenPipeError traceback, the shell's 141."""
+    """``seq2seq models --json | head``: no BrokenPipeError traceback, the shell's 141."""
     cli = [sys.executable, "-m", "client.cli", "--url", server_url, "models", "--json"]
     with subprocess.Popen(cli, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         assert proc.stdout is not None and proc.stderr is not None
-        assert proc.stdout.read(20)
-        proc.stdout.close()  # the reader goes away before the output ends
+        proc.stdout.close()  # the reader is gone before the output comes (``head`` after its lines)
         stderr = proc.stderr.read().decode()
         assert proc.wait(30) == 141 and "Traceback" not in stderr, stderr

@@ -24,6 +24,8 @@ from client import (
     NotFound,
     Translation,
 )
+from seq2seq.checkpoint import store_versions
+from tests.server_process import MODEL_STORE
 
 GERMAN = ["Zwei Hunde spielen im Schnee.", "Ein Kind lacht.", "Ein Mann fährt Fahrrad auf einer Straße."]
 
@@ -49,7 +51,7 @@ def test_health_and_ready(client: Client) -> None:
 
 def test_translate_one_text(client: Client) -> None:
     result = client.translate(GERMAN[0], source_lang="de", target_lang="en")
-    assert (result.model, result.version) == ("translate-de-en", "1")
+    assert (result.model, result.version) == ("translate-de-en", store_versions(MODEL_STORE)["translate-de-en"][-1])
     (translation,) = result.translations
     assert_translation(translation)
     assert translation.alternatives is None
