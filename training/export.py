@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,24 @@ def shipped_epoch(state: dict[str, Any], selection: dict[str, Any] | None) -> in
     return int(state["best_epoch"])
 
 
-def build_manifest(name: str, version: str, run_dir: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Identity:
+    """What a model is, for its manifest: the recipes' own, or a user's (training.pipeline)."""
+
+    task: str  # translate | chat
+    source_lang: str
+    target_lang: str
+    description: str
+    command: str  # how it was made, for whoever retrains it
+
+
+def recipe_identity(name: str) -> Identity:
     recipe = RECIPES[name]
+    command = f"python -m training.recipes train {name}"
+    return Identity(recipe.task, recipe.src, recipe.tgt, recipe.description, command)
+
+
+def build_manifest(name: str, version: str, run_dir: Path, identity: Identity) -> dict[str, Any]:
     info = json.loads((run_dir / "run.json").read_text())
     state = json.loads((run_dir / "trainer_state.json").read_text())
     evaluation = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else None
@@ -57,16 +74,16 @@ def build_manifest(name: str, version: str, run_dir: Path) -> dict[str, Any]:
     return {
         "name": name,
         "version": version,
-        "task": recipe.task,
-        "source_lang": recipe.src,
-        "target_lang": recipe.tgt,
-        "description": recipe.description,
+        "task": identity.task,
+        "source_lang": identity.source_lang,
+        "target_lang": identity.target_lang,
+        "description": identity.description,
         "architecture": info["model"]["architecture"],
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "training": {
             "data": info["provenance"],
             "data_sizes": info["data_sizes"],
-            "recipe": f"python -m training.recipes train {name}",
+            "recipe": identity.command,
             "hyperparameters": {
                 k: v
                 for k, v in info["args"].items()
@@ -87,13 +104,18 @@ def build_manifest(name: str, version: str, run_dir: Path) -> dict[str, Any]:
 
 
 def export(name: str, version: str = "1", runs_dir: Path = RUNS_DIR, model_store: Path = MODEL_STORE) -> Path:
-    run_dir = runs_dir / name
+    """A recipe's run as ``model_store/<name>/<version>``."""
+    return export_run(runs_dir / name, name, version, recipe_identity(name), model_store)
+
+
+def export_run(run_dir: Path, name: str, version: str, identity: Identity, model_store: Path = MODEL_STORE) -> Path:
+    """Any run as ``model_store/<name>/<version>``, checked to load as the server loads it."""
     model, _, _, _ = load_run(run_dir)
     extras = tuple(p for p in (run_dir / "training_curve.json", run_dir / "training_curve.png") if p.exists())
     out = save_model_dir(
         model_store / name / version,
         model,
-        build_manifest(name, version, run_dir),
+        build_manifest(name, version, run_dir, identity),
         run_dir / "source.model",
         run_dir / "target.model",
         extras,
