@@ -6,24 +6,13 @@ a silently ignored setting.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, create_model, model_validator
 
-from seq2seq.decoding.params import (
-    JSON_NUMBER,
-    BeamSize,
-    LengthPenalty,
-    MaxLength,
-    MinLength,
-    NBest,
-    Sample,
-    Seed,
-    Temperature,
-    TopK,
-    TopP,
-)
+from seq2seq.decoding.params import JSON_NUMBER, DecodeParams, MaxLength
 from seq2seq.optimize import Quantization
 
 
@@ -58,26 +47,25 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-class DecodingOptions(_Request):
-    """Decoding options shared by /translate and /chat. Greedy unless beam_size > 1 or sample is true.
+def _decoding_fields() -> dict[str, Any]:
+    """:class:`~seq2seq.decoding.DecodeParams`' own fields (their types carry the ranges), as the
+    request's; ``max_length`` is optional here (its default follows the source), and a request
+    also has a deadline."""
+    hints = get_type_hints(DecodeParams, include_extras=True)
+    fields: dict[str, Any] = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(DecodeParams)}
+    fields["max_length"] = (MaxLength | None, Field(None, description="generated tokens; default: 2 x source + 10"))
+    deadline = Annotated[float, Field(gt=0, le=600), JSON_NUMBER] | None
+    fields["timeout"] = (deadline, Field(None, description="deadline in seconds for queue + generation"))
+    return fields
 
-    The fields have the ranges of :class:`~seq2seq.decoding.DecodeParams` (the same types);
-    their combinations, and this server's limits, are checked when the parameters are built.
-    """
 
-    beam_size: BeamSize = 1
-    n_best: NBest = 1
-    length_penalty: LengthPenalty = 1.0
-    sample: Sample = False
-    temperature: Temperature = 1.0
-    top_k: TopK = 0
-    top_p: TopP = 1.0
-    seed: Seed = None
-    max_length: MaxLength | None = Field(None, description="generated tokens; default: 2 x source + 10")
-    min_length: MinLength = 0
-    timeout: Annotated[float, Field(gt=0, le=600), JSON_NUMBER] | None = Field(
-        None, description="deadline in seconds for queue + generation"
-    )
+DecodingOptions = create_model(
+    "DecodingOptions",
+    __base__=_Request,
+    __doc__="Decoding options shared by /translate and /chat. Greedy unless beam_size > 1 or sample is true.\n\n"
+    "Their combinations, and this server's limits, are checked when DecodeParams is built from them.",
+    **_decoding_fields(),
+)
 
 
 class TranslateRequest(DecodingOptions):
