@@ -30,6 +30,9 @@ class HttpLimits:
     body_timeout_s: float
 
 
+LINGER_S = 2.0  # after an error answer: how long the rest of a refused request is read and dropped
+
+
 class _Refused(Exception):
     def __init__(self, status: HTTPStatus) -> None:
         super().__init__(status.phrase)
@@ -45,6 +48,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_fields = 0
         self._refused: _Refused | None = None
+        self._lingering = False
 
     # -- time -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -107,14 +111,25 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
 
     def _send_error(self, status: HTTPStatus) -> None:
-        if self.transport.is_closing():
+        """Answer ``status`` and close. Closing a socket with unread input resets the connection,
+        which can destroy the answer on its way; so the input is read and dropped for a moment
+        (a lingering close, as nginx does), and the connection closes once the client has it."""
+        if self.transport.is_closing() or self._lingering:
             return
         body = f'{{"error": {{"code": "http_error", "message": "{status.phrase}"}}}}'.encode()
         head = [f"HTTP/1.1 {status.value} {status.phrase}".encode()]
         head += [name + b": " + value for name, value in self.server_state.default_headers]
         head += [b"content-type: application/json", b"content-length: %d" % len(body), b"connection: close"]
         self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
-        self.transport.close()
+        self._lingering = True
+        self._disarm()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._lingering:  # after an error answer, what else comes is dropped
+            super().data_received(data)
 
 
 def limited_protocol(limits: HttpLimits) -> type[LimitedHttpToolsProtocol]:

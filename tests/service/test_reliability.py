@@ -206,17 +206,16 @@ async def run_in_slices(pid: int, until: asyncio.Event | None = None) -> None:
             return
 
 
-async def sse_lines(client: httpx.AsyncClient, body: dict, first_token: asyncio.Event) -> list[str]:
-    """The event and data lines of one streamed chat; sets ``first_token`` at its first token."""
+async def sse_lines(client: httpx.AsyncClient, body: dict, first_token: asyncio.Event) -> tuple[int, list[str]]:
+    """The status and the lines of one streamed chat; sets ``first_token`` at its first token."""
     lines = []
     async with client.stream("POST", "/chat", json=body) as stream:
-        assert stream.status_code == 200
         async for line in stream.aiter_lines():
             if line:
                 lines.append(line)
-            if line.startswith("data:"):
+            if line.startswith("data:") and stream.status_code == 200:
                 first_token.set()
-    return lines
+    return stream.status_code, lines
 
 
 async def test_killing_engines_mid_beam_and_mid_stream_under_load(server: ServiceProcess) -> None:
@@ -251,10 +250,15 @@ async def test_killing_engines_mid_beam_and_mid_stream_under_load(server: Servic
             if victim == "translate-de-en":
                 assert [r.status_code for r in results] == [503] * 4
                 assert all(r.json()["error"]["code"] == "unavailable" for r in results)
-            else:
-                for lines in results:
+            else:  # cut mid-stream: an error event; not started yet: the error's own status
+                mid_stream = [lines for status, lines in results if status == 200]
+                assert mid_stream and all(status in (200, 503) for status, _ in results)
+                for lines in mid_stream:
                     assert lines[0] == "event: token" and "event: done" not in lines, lines[:6]
                     assert lines[-2] == "event: error" and '"code": "unavailable"' in lines[-1], lines[-3:]
+                for status, lines in results:
+                    if status == 503:
+                        assert '"code": "unavailable"' in lines[0] or '"code":"unavailable"' in lines[0]
             replies = await asyncio.wait_for(asyncio.gather(*other), 30)
             assert [r.status_code for r in replies] == [200] * 16  # the other model never noticed
             while (await client.get("/health/ready")).status_code != 200:
