@@ -59,8 +59,12 @@ def browser(web_env: WebEnv) -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    """A fresh page (own context: no shared cache or storage); page errors fail the test."""
-    context = browser.new_context(viewport={"width": 1100, "height": 900}, locale="en-US")
+    """A fresh page (own context: no shared cache or storage); page errors fail the test.
+
+    The page's Content-Security-Policy forbids evaluating strings as code, which is how
+    Playwright runs the tests' ``wait_for_function`` predicates: the tests' context bypasses
+    it. ``test_the_page_runs_under_its_own_csp`` loads the page with the policy in force."""
+    context = browser.new_context(viewport={"width": 1100, "height": 900}, locale="en-US", bypass_csp=True)
     context.set_default_timeout(20_000)
     page = context.new_page()
     errors: list[str] = []

@@ -220,3 +220,20 @@ def test_keyboard_focus_is_visible_and_controls_are_labelled(page: Any, web_env:
         ".filter(e => !e.labels.length && !e.getAttribute('aria-label')).map(e => e.outerHTML)"
     )
     assert unlabelled == []
+
+
+def test_the_page_runs_under_its_own_csp(browser: Any, web_env: WebEnv) -> None:
+    """With the policy in force (no bypass): the page loads its script and styles, fills its
+    pickers from the API and logs no violation."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+        page.goto(f"{web_env.service.url}/#translate")
+        page.wait_for_selector("#translate-model option[value^='pair:']", state="attached")
+        page.wait_for_selector("#chat-model option[value='detect:']", state="attached")
+        assert not problems, problems
+    finally:
+        context.close()
