@@ -78,14 +78,17 @@ class _Reports(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        while len(self._buffer) >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(self._buffer)
-            end = _HEADER.size + size
+        start = 0  # every whole frame in the buffer, then the consumed prefix dropped once
+        while len(self._buffer) - start >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(self._buffer, start)
+            end = start + _HEADER.size + size
             if len(self._buffer) < end:
-                return
-            report = pickle.loads(self._buffer[_HEADER.size : end])
-            del self._buffer[:end]
+                break
+            with memoryview(self._buffer) as view:
+                report = pickle.loads(view[start + _HEADER.size : end])
+            start = end
             self._client._handle(report)
+        del self._buffer[:start]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._client._lost()
