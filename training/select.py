@@ -46,10 +46,11 @@ def average_weights(paths: list[Path], out: Path) -> None:
     save_file({name: (t / len(paths)).contiguous() for name, t in total.items()}, str(out), {"format": "pt"})
 
 
-def val_bleu(run_dir: Path, weights: str, pairs: list[tuple[str, str]], params: DecodeParams) -> dict[str, Any]:
-    model, src_tok, tgt_tok, _ = load_run(run_dir, weights)
+def val_bleu(run: tuple, pairs: list[tuple[str, str]], params: DecodeParams) -> float:
+    """BLEU on ``pairs`` of a loaded run (``load_run``'s model and tokenizers)."""
+    model, src_tok, tgt_tok, _ = run
     hyps = translate_all(model, src_tok, tgt_tok, [s for s, _ in pairs], params)
-    return bleu_scores(hyps, [t for _, t in pairs])
+    return float(bleu_scores(hyps, [t for _, t in pairs])["bleu"])
 
 
 def select(run_dir: Path, average: int = 5) -> dict[str, Any]:
@@ -61,15 +62,16 @@ def select(run_dir: Path, average: int = 5) -> dict[str, Any]:
         average_weights(epochs, run_dir / "average.safetensors")
         candidates.append("average.safetensors")
     beam = DecodeParams(beam_size=5, length_penalty=1.0)
-    scores = {name: val_bleu(run_dir, name, pairs, beam)["bleu"] for name in candidates if (run_dir / name).exists()}
+    scores = {name: val_bleu(load_run(run_dir, name), pairs, beam) for name in candidates if (run_dir / name).exists()}
     for name, bleu in scores.items():
         log.info("%s: val BLEU %.2f (beam 5)", name, bleu)
     chosen = max(scores, key=scores.__getitem__)
     shutil.copyfile(run_dir / chosen, run_dir / "selected.safetensors")
+    selected = load_run(run_dir, "selected.safetensors")  # once, for the whole grid
     grid = {}
     for beam_size, alpha in itertools.product(BEAM_SIZES, LENGTH_PENALTIES):
         params = DecodeParams(beam_size=beam_size, length_penalty=alpha)
-        grid[f"beam {beam_size}, alpha {alpha}"] = val_bleu(run_dir, "selected.safetensors", pairs, params)["bleu"]
+        grid[f"beam {beam_size}, alpha {alpha}"] = val_bleu(selected, pairs, params)
         log.info(
             "beam %d, length penalty %.1f: val BLEU %.2f", beam_size, alpha, grid[f"beam {beam_size}, alpha {alpha}"]
         )
