@@ -92,7 +92,13 @@ class Settings(BaseSettings):
     max_headers: int = Field(100, ge=8, description="header fields per request; else 431")
     header_timeout_s: float = Field(10.0, gt=0, description="a request head must arrive within this; else 408")
     body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this after its head")
-    keep_alive_s: float = Field(5.0, gt=0, description="idle kept-alive connections close after this")
+    keep_alive_s: float = Field(
+        75.0,
+        gt=0,
+        description="idle kept-alive connections close after this; keep it above the idle timeout of the "
+        "clients and proxies in front (nginx upstream 60 s, httpx 5 s), or a request sent as the server "
+        "closes the connection is reset",
+    )
 
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="allowed browser origins, comma-separated; empty: CORS off"
