@@ -42,8 +42,8 @@ def bucket_sizes(max_rows: int) -> list[int]:
 class GraphedDecodeStep:
     """``model.decode_step`` with the same signature, replayed from CUDA graphs.
 
-    The log-probs it returns are a view of a static output buffer: valid until the next
-    call (a decoder step consumes them before the next one). ``capture=False`` runs the
+    The log-probs (and attention weights) it returns are views of static output buffers: valid
+    until the next call (a decoder step consumes them before the next one). ``capture=False`` runs the
     same padded buffers eagerly, without graphs: what the step computes, on any device.
     """
 
@@ -126,4 +126,8 @@ class GraphedDecodeStep:
         else:
             logprobs, out = self.model.decode_step(self.tokens[:rows], self._inputs(rows))
         # The running batch keeps its own memory; h and c leave the static buffers, which the next step overwrites.
-        return logprobs[:n], state.with_lstm(out.h[:, :n].clone(), out.c[:, :n].clone())
+        # The attention weights, like the log-probs, are a view: read within the step, never kept.
+        attention = None
+        if out.attention is not None and state.memory is not None:
+            attention = out.attention[:n, : state.memory.size(1)]
+        return logprobs[:n], state.with_lstm(out.h[:, :n].clone(), out.c[:, :n].clone(), attention)

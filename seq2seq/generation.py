@@ -13,13 +13,18 @@ request (beams are ordinary rows of the same batch). Each :meth:`GenerationBatch
 state, so a new request never waits for the others to finish; it is :meth:`encode`
 then :meth:`join`, which the engine runs on two threads. Static batching (fill, then
 run to completion) and one-at-a-time decoding are the same object used differently.
+
+A request with ``return_attention`` (attention models) gets, with each hypothesis, the
+decoder's attention weights of every step that produced one of its tokens. Only its own rows
+are gathered and copied, once per step for all such requests; without one, the step's weights
+are left where the model put them.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -53,6 +58,9 @@ class DecodeRequest(Protocol):
     @property
     def params(self) -> DecodeParams: ...
 
+    @property
+    def return_attention(self) -> bool: ...  # keep the attention weights for the hypotheses
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -61,6 +69,7 @@ class GenerationRequest:
     id: str
     src_ids: Sequence[int]  # source piece ids, no BOS/EOS
     params: DecodeParams = DecodeParams()
+    return_attention: bool = False
 
     def __post_init__(self) -> None:
         if not self.src_ids:
@@ -73,6 +82,9 @@ class Hypothesis:
     score: float  # sum of token log-probs
     normalized: float  # score / length penalty: what beams are ranked by
     finish_reason: FinishReason
+    # With return_attention: one row per token (EOS's step excluded), each the step's weights over
+    # the source pieces, summing to 1.
+    attention: list[list[float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,11 @@ class _Sequence:
     scores: list[float]  # per live row: cumulative log-prob
     generator: torch.Generator | None = None
     finished: list[Hypothesis] = field(default_factory=list)
+    attention: list[list[torch.Tensor]] | None = None  # per live row: each step's weights (S,), when asked
+
+    def steps(self, row: int) -> list[torch.Tensor] | None:
+        """The attention weights of live row ``row`` so far, when the request asked for them."""
+        return None if self.attention is None else self.attention[row]
 
     @property
     def rows(self) -> int:
@@ -106,8 +123,14 @@ class _Sequence:
         if self.generator is not None:
             generator = torch.Generator()
             generator.set_state(self.generator.get_state())
+        attention = None if self.attention is None else [list(a) for a in self.attention]
         return _Sequence(
-            self.request, [list(h) for h in self.histories], list(self.scores), generator, list(self.finished)
+            self.request,
+            [list(h) for h in self.histories],
+            list(self.scores),
+            generator,
+            list(self.finished),
+            attention,
         )
 
 
@@ -153,6 +176,8 @@ class GenerationBatch:
         if self.device.type == "cuda":
             src = src.pin_memory()  # lets the copy below overlap with queued GPU work
         state = self.model.encode(src.to(self.device, non_blocking=True), lengths)
+        if state.memory is None and any(r.return_attention for r in requests):
+            raise ValueError("return_attention needs a model with attention")
         rows = [r.params.rows for r in requests]
         if any(n > 1 for n in rows):
             tile = torch.repeat_interleave(torch.arange(len(requests)), torch.tensor(rows))
@@ -173,7 +198,8 @@ class GenerationBatch:
                 generator.manual_seed(r.params.seed if r.params.seed is not None else torch.seed())
             # Beam rows start as copies of one hypothesis: only the first may be extended at step 0.
             scores = [0.0] + [float("-inf")] * (k - 1)
-            self.active.append(_Sequence(r, [[] for _ in range(k)], scores, generator))
+            attention: list[list[torch.Tensor]] | None = [[] for _ in range(k)] if r.return_attention else None
+            self.active.append(_Sequence(r, [[] for _ in range(k)], scores, generator, attention=attention))
 
     # -- leaving ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -240,6 +266,10 @@ class GenerationBatch:
         single_rows = len(self.active) == len(self)  # every request has one row (no beam search)
         # 1. one decoder step for all rows
         logprobs, state = self.decode_step(self.last_tokens, self.state)  # (B, V)
+        attention: dict[int, torch.Tensor] = {}
+        if state.attention is not None:
+            attention = self._attention_rows(state.attention)
+            state = replace(state, attention=None)  # the batch keeps only the rows asked for
         # 2. per-row constraints and token choice
         row_seqs = [seq for seq in self.active for _ in range(seq.rows)]
         if any(seq.length < seq.request.params.min_length for seq in self.active):
@@ -256,10 +286,10 @@ class GenerationBatch:
         offset = 0
         for seq in self.active:
             if seq.request.params.strategy is Strategy.BEAM:
-                rows, tokens = self._advance_beam(seq, *candidates[offset])
+                rows, tokens = self._advance_beam(seq, *candidates[offset], attention.get(offset))
                 rows = [offset + r for r in rows]
             else:
-                rows, tokens = self._advance_single(seq, *chosen[offset])
+                rows, tokens = self._advance_single(seq, *chosen[offset], attention.get(offset))
                 rows = [offset] if rows else []
                 if tokens:
                     events.append(StepEvent(seq.request.id, token=tokens[0]))
@@ -307,6 +337,26 @@ class GenerationBatch:
             offset += seq.rows
         return candidates
 
+    def _attention_rows(self, weights: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The step's attention weights (B, S) of each request that asked for them, as (rows, its
+        source length) on the CPU, by the offset of its first row: one gather and one copy for all."""
+        wanted: list[tuple[int, _Sequence]] = []
+        index: list[int] = []
+        offset = 0
+        for seq in self.active:
+            if seq.attention is not None:
+                wanted.append((offset, seq))
+                index.extend(range(offset, offset + seq.rows))
+            offset += seq.rows
+        if not index:
+            return {}
+        rows = weights.index_select(0, torch.tensor(index, device=weights.device)).float().cpu()  # (R, S)
+        found, start = {}, 0
+        for offset, seq in wanted:
+            found[offset] = rows[start : start + seq.rows, : len(seq.request.src_ids)]  # padding weighs 0
+            start += seq.rows
+        return found
+
     def _choose_single(self, logprobs: torch.Tensor, row_seqs: list[_Sequence]) -> list[tuple[int, float]]:
         """Greedy argmax for every row, replaced by a sample on rows of sampling requests."""
         tokens = greedy(logprobs)  # (B,)
@@ -325,46 +375,63 @@ class GenerationBatch:
         return list(zip(tokens.tolist(), scores.tolist(), strict=True))
 
     @staticmethod
-    def _advance_single(seq: _Sequence, token: int, logprob: float) -> tuple[list[int], list[int]]:
+    def _advance_single(
+        seq: _Sequence, token: int, logprob: float, weights: torch.Tensor | None
+    ) -> tuple[list[int], list[int]]:
+        """``weights`` (1, S): the step's attention weights, when the request asked for them."""
         params = seq.request.params
         seq.scores[0] += logprob
         if token == EOS_ID:
-            seq.finished.append(_hypothesis(seq.histories[0], seq.scores[0], params, FinishReason.EOS))
+            seq.finished.append(_hypothesis(seq.histories[0], seq.scores[0], params, FinishReason.EOS, seq.steps(0)))
             return [], []
         seq.histories[0].append(token)
+        if seq.attention is not None:
+            assert weights is not None
+            seq.attention[0].append(weights[0])
         if seq.length >= params.max_length:
-            seq.finished.append(_hypothesis(seq.histories[0], seq.scores[0], params, FinishReason.LENGTH))
+            seq.finished.append(_hypothesis(seq.histories[0], seq.scores[0], params, FinishReason.LENGTH, seq.steps(0)))
             return [], [token]  # no row continues, but the token still goes out as an event
         return [0], [token]
 
     @staticmethod
     def _advance_beam(
-        seq: _Sequence, best: torch.Tensor, beams: torch.Tensor, tokens: torch.Tensor
+        seq: _Sequence, best: torch.Tensor, beams: torch.Tensor, tokens: torch.Tensor, weights: torch.Tensor | None
     ) -> tuple[list[int], list[int]]:
-        """Extend one request's beams by its candidates; returns (source beam per new row, token per new row)."""
+        """Extend one request's beams by its candidates; returns (source beam per new row, token per new row).
+
+        ``weights`` (K, S): the step's attention weights per beam, when the request asked for them;
+        a new hypothesis carries its source beam's weights so far and that beam's of this step.
+        """
         params = seq.request.params
         k = params.beam_size
         rows: list[int] = []
         new_tokens: list[int] = []
         histories: list[list[int]] = []
         new_scores: list[float] = []
+        attention: list[list[torch.Tensor]] = []
         for score, beam, token in zip(best.tolist(), beams.tolist(), tokens.tolist(), strict=True):
             if score == float("-inf") or len(rows) == k:
                 break
             if token == EOS_ID:
-                seq.finished.append(_hypothesis(seq.histories[beam], score, params, FinishReason.EOS))
+                seq.finished.append(_hypothesis(seq.histories[beam], score, params, FinishReason.EOS, seq.steps(beam)))
                 continue
             rows.append(beam)
             new_tokens.append(token)
             histories.append([*seq.histories[beam], token])
             new_scores.append(score)
+            if seq.attention is not None:
+                assert weights is not None
+                attention.append([*seq.attention[beam], weights[beam]])
         if histories and len(histories[0]) >= params.max_length:
-            for history, score in zip(histories, new_scores, strict=True):
-                seq.finished.append(_hypothesis(history, score, params, FinishReason.LENGTH))
+            for i, (history, score) in enumerate(zip(histories, new_scores, strict=True)):
+                steps = attention[i] if seq.attention is not None else None
+                seq.finished.append(_hypothesis(history, score, params, FinishReason.LENGTH, steps))
             return [], []
         if not rows or _beam_done(seq, max(new_scores), len(histories[0])):
             return [], []
         seq.histories, seq.scores = histories, new_scores
+        if seq.attention is not None:
+            seq.attention = attention
         return rows, new_tokens
 
     @staticmethod
@@ -384,9 +451,17 @@ def _beam_done(seq: _Sequence, best_live: float, length: int) -> bool:
     return best_live / length_penalty(length, params.length_penalty) <= ranked[params.n_best - 1]
 
 
-def _hypothesis(tokens: list[int], score: float, params: DecodeParams, reason: FinishReason) -> Hypothesis:
+def _hypothesis(
+    tokens: list[int],
+    score: float,
+    params: DecodeParams,
+    reason: FinishReason,
+    attention: list[torch.Tensor] | None = None,
+) -> Hypothesis:
+    """``attention``: the weights (S,) of each step that produced one of ``tokens``, when asked for."""
     norm = score / length_penalty(len(tokens), params.length_penalty) if params.beam_size > 1 else score
-    return Hypothesis(list(tokens), score, norm, reason)
+    weights = None if attention is None else [row.tolist() for row in attention]
+    return Hypothesis(list(tokens), score, norm, reason, weights)
 
 
 def generate(

@@ -126,13 +126,15 @@ class Decoder(nn.Module):
             out, h, c = self._lstm_step(x[:, 0], state.h, state.c)
         else:
             out, (h, c) = self.lstm(x, (state.h, state.c))  # out: (B, T, H)
+        attention = None
         if state.memory is not None:
             assert state.src_mask is not None
             scores = torch.bmm(self._attention_query(out), state.memory.transpose(1, 2))  # (B, T, S)
             scores = scores.masked_fill(~state.src_mask[:, None, :], float("-inf"))
-            weights = torch.softmax(scores, dim=-1)
+            weights = torch.softmax(scores, dim=-1)  # (B, T, S): each row sums to 1 over the real source
             context = torch.bmm(weights, state.memory)  # (B, T, H)
             out = torch.tanh(self.combine(torch.cat([out, context], dim=-1)))
+            attention = weights[:, -1]  # (B, S) the last step's, a view: nothing is copied
         elif state.context is not None:
             out = torch.tanh(self.combine(torch.cat([out, ctx], dim=-1)))
         out = self.dropout(out)
@@ -142,7 +144,7 @@ class Decoder(nn.Module):
             logits = F.linear(self.pre_output(out), self.embedding.weight, self.out_bias)
         else:
             logits = self.output(out)
-        return logits, state.with_lstm(h, c)  # logits: (B, T, V)
+        return logits, state.with_lstm(h, c, attention)  # logits: (B, T, V)
 
     def _attention_query(self, out: torch.Tensor) -> torch.Tensor:
         """h_t W_a, so that score(h_t, m_s) = (h_t W_a) . m_s.
@@ -211,7 +213,9 @@ class Seq2Seq(nn.Module):
         return self.decoder.init_state(memory, h, c, lengths)
 
     def decode_step(self, tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
-        """tokens: (B,) previous tokens -> log-probs (B, V) of the next token, and the new state."""
+        """tokens: (B,) previous tokens -> log-probs (B, V) of the next token, and the new state
+        (with the step's attention weights over the source, ``state.attention`` (B, S), in
+        attention models)."""
         logits, state = self.decoder(tokens[:, None], state)
         return torch.log_softmax(logits[:, 0].float(), dim=-1), state
 

@@ -9,6 +9,10 @@ beam search only ever need these operations on it:
 - ``append(other)``: merge freshly encoded requests into the running batch;
 - ``len(state)``: the number of rows.
 
+A state that a decoder step returned also holds that step's attention weights (attention
+models): an output of the step, read by whoever asked for it. Nothing carries it on: every
+row operation, and the next step, returns a state without it.
+
 The per-source tensors (encoder memory, source mask, context) are the largest part of the
 state, and in a busy engine requests join and leave at almost every step. ``move_rows``
 and ``append`` therefore work in place on storage with spare rows and source positions,
@@ -30,6 +34,7 @@ class DecoderState:
     memory: torch.Tensor | None = None  # (B, S, H) encoder outputs (attention only)
     src_mask: torch.Tensor | None = None  # (B, S) True on real source tokens (attention only)
     context: torch.Tensor | None = None  # (B, H) fixed context vector (context-every-step only)
+    attention: torch.Tensor | None = None  # (B, S) the weights of the step that returned this state (attention only)
 
     def __len__(self) -> int:
         return self.h.size(1)
@@ -103,8 +108,9 @@ class DecoderState:
             context=_append_rows(self.context, other.context, padded=False),
         )
 
-    def with_lstm(self, h: torch.Tensor, c: torch.Tensor) -> DecoderState:
-        return replace(self, h=h, c=c)
+    def with_lstm(self, h: torch.Tensor, c: torch.Tensor, attention: torch.Tensor | None = None) -> DecoderState:
+        """The state after a step: its LSTM state and (attention models) its attention weights."""
+        return replace(self, h=h, c=c, attention=attention)
 
 
 def _append_rows(running: torch.Tensor | None, new: torch.Tensor | None, padded: bool) -> torch.Tensor | None:

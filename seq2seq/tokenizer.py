@@ -86,6 +86,10 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.DecodeIds([i for i in ids if i > EOS_ID])
 
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        """Each id's piece as the vocabulary spells it ("▁" starts a word)."""
+        return [self.sp.IdToPiece(i) for i in ids]
+
     def fit(self, text: str) -> float:
         """How well this tokenizer's language model explains ``text``: the log-probability of its
         segmentation per character (the unigram pieces' own scores; an unknown piece costs

@@ -48,6 +48,11 @@ def test_padded_step_equals_the_model_step(model: Seq2Seq) -> None:
         torch.testing.assert_close(got_logprobs, want_logprobs, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got.h, want.h, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got.c, want.c, atol=1e-5, rtol=1e-5)
+        if want.attention is None:
+            assert got.attention is None
+        else:  # over the batch's own source positions, not the buffer's
+            assert got.attention is not None
+            torch.testing.assert_close(got.attention, want.attention, atol=1e-5, rtol=1e-5)
         # The running batch keeps its own source-side tensors; h and c are not views of the buffers.
         assert got.memory is state.memory and got.context is state.context
         assert got.h.untyped_storage().data_ptr() != step.h.untyped_storage().data_ptr()
