@@ -142,13 +142,13 @@ def store_versions(store: Path) -> dict[str, list[str]]:
     """
     out = {}
     for model_dir in sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        versions = sorted((v.name for v in model_dir.iterdir() if (v / MANIFEST).exists()), key=_version_key)
+        versions = sorted((v.name for v in model_dir.iterdir() if (v / MANIFEST).exists()), key=version_key)
         if versions:
             out[model_dir.name] = versions
     return out
 
 
-def _version_key(version: str) -> tuple[Any, ...]:
+def version_key(version: str) -> tuple[Any, ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-_]", version))
 
 

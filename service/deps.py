@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.metrics import Metrics
-from service.registry import Registry
+from service.registry import EngineFactory, Registry
 from service.settings import Settings
 
 
@@ -26,6 +26,11 @@ async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+async def get_engine_factory(request: Request) -> EngineFactory:
+    return request.app.state.engine_factory
+
+
 RegistryDep = Annotated[Registry, Depends(get_registry)]
+EngineFactoryDep = Annotated[EngineFactory, Depends(get_engine_factory)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

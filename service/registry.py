@@ -4,10 +4,17 @@ The bookkeeping (scan, status, defaults, resolution) is plain Python over manife
 tensor side is a callable that turns a model directory into a started engine,
 so tests can exercise the registry without loading a network. A model's status is
 derived in one place, :attr:`ModelEntry.status`, and every response reports that.
+
+At run time the admin API changes what serves (:meth:`Registry.deploy`, :meth:`Registry.unload`,
+:meth:`Registry.reload`). A new version loads in an engine of its own beside the one serving;
+one assignment on the event loop then points the model at it, so every request is admitted by
+exactly one engine (handlers resolve and submit without awaiting in between), and the old engine
+drains what it admitted and stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -19,9 +26,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from seq2seq.checkpoint import CheckpointError, read_manifest, store_versions
+from seq2seq.checkpoint import CheckpointError, read_manifest, store_versions, version_key
 from service.engine.client import EngineClient
-from service.errors import EngineUnavailable, InvalidRequest, ModelNotFound
+from service.errors import Conflict, EngineUnavailable, InvalidRequest, ModelLoadFailed, ModelNotFound
 
 log = logging.getLogger("service.registry")
 
@@ -36,6 +43,7 @@ class ModelStatus(StrEnum):
     READY = "ready"  # serving
     FAILED = "failed"  # could not be loaded (missing, corrupt, load error): only an operator can fix it
     DEAD = "dead"  # was serving, and its engine died; restarted with --restart-engines
+    DRAINING = "draining"  # replaced by another version, or unloaded: finishing what it admitted, then stopping
 
 
 @dataclass
@@ -49,6 +57,8 @@ class ModelEntry:
     engine: EngineClient | None = None
     crashes: list[float] = field(default_factory=list)  # monotonic times of recent crashes and failed restarts
     _crashed: EngineClient | None = field(default=None, repr=False)  # the dead engine already counted
+    pinned: bool = False  # ``--models name@version``: reloads leave it at that version
+    draining: list[EngineClient] = field(default_factory=list)  # replaced engines finishing their requests
 
     @property
     def status(self) -> ModelStatus:
@@ -93,7 +103,7 @@ def scan_store(store: Path, wanted: list[str]) -> list[ModelEntry]:
         if pins and name not in pins:
             continue
         version = pins.get(name) or versions[-1]
-        entry = ModelEntry(name, version, versions, store / name / version)
+        entry = ModelEntry(name, version, versions, store / name / version, pinned=name in pins and bool(pins[name]))
         if version not in versions:
             entry.load_error = f"version {version} not found (have {', '.join(versions)})"
         else:
@@ -115,8 +125,16 @@ class Registry:
         self.entries: dict[str, ModelEntry] = {e.name: e for e in scan_store(store, wanted or [])}
         self.required = list(required or [])
         self.draining = False
+        self.known = set(self.entries)  # names seen; a reload adds only models new to the store
+        self.pins = {w.split("@", 1)[0] for w in wanted or []}  # --models: a reload adds nothing else
+        self.unloading: dict[str, ModelEntry] = {}  # unloaded, still draining
+        self.loading: dict[str, str] = {}  # name -> the version loading beside what serves (admin actions)
+        self.failed: dict[tuple[str, str], str] = {}  # (name, version) -> why its latest admin load failed
         self._loaded = threading.Event()
         self._stopping = threading.Event()
+        self._swap = threading.Lock()  # an admin swap and a supervisor restart never both replace an engine
+        self._admin_locks: dict[str, asyncio.Lock] = {}
+        self._drains: set[asyncio.Task[None]] = set()  # replaced engines draining in the background
 
     # -- lifecycle -----------------------------------------------------------------------------
     def load_all(self, factory: EngineFactory) -> None:
@@ -161,7 +179,7 @@ class Registry:
         and readiness reports it dead, so load balancers send its traffic to other replicas.
         """
         while not self._stopping.wait(interval_s):
-            for entry in self.entries.values():
+            for entry in list(self.entries.values()):  # admin actions change it on the event loop
                 if self.draining or self._stopping.is_set():
                     return
                 engine = entry.engine
@@ -181,26 +199,139 @@ class Registry:
                 if now >= entry.crashes[-1] + restart_delay(len(entry.crashes)):
                     self._restart(entry, factory, on_restart)
 
-    @staticmethod
-    def _restart(entry: ModelEntry, factory: EngineFactory, on_restart: Callable[[str], None]) -> None:
-        assert entry.engine is not None
-        entry.engine.stop(0)  # frees what is left: threads, the process, requests not yet failed
+    def _restart(self, entry: ModelEntry, factory: EngineFactory, on_restart: Callable[[str], None]) -> None:
+        dead = entry.engine
+        assert dead is not None
+        dead.stop(0)  # frees what is left: threads, the process, requests not yet failed
         try:
-            entry.engine = factory(entry)
+            engine = factory(entry)
         except LOAD_ERRORS as exc:
             entry.crashes.append(time.monotonic())
             log.error(
                 "model %s: restart failed (next try in %gs): %s", entry.name, restart_delay(len(entry.crashes)), exc
             )
             return
+        with self._swap:
+            replaced = entry.engine is not dead or self.entries.get(entry.name) is not entry
+            if not replaced:
+                entry.engine = engine
+        if replaced:  # an admin action swapped or unloaded the model meanwhile: that one stands
+            engine.stop(0)
+            return
         on_restart(entry.name)
         log.info("model %s@%s restarted", entry.name, entry.version)
 
     def stop(self, grace_s: float) -> None:
         self._stopping.set()
-        for entry in self.entries.values():
-            if entry.engine is not None:
-                entry.engine.stop(grace_s)
+        for entry in [*self.entries.values(), *self.unloading.values()]:
+            for engine in [entry.engine, *entry.draining]:
+                if engine is not None:
+                    engine.stop(grace_s)
+
+    # -- run-time changes (the admin API; on the event loop) -------------------------------------
+    def _lock(self, name: str) -> asyncio.Lock:
+        """One admin action at a time per model: a second waits for the first."""
+        return self._admin_locks.setdefault(name, asyncio.Lock())
+
+    async def deploy(self, name: str, version: str | None, factory: EngineFactory, grace_s: float) -> ModelEntry:
+        """Serve ``version`` of ``name`` (default: its newest on disk), loaded and warmed up beside
+        what serves now; then new requests go to it, and the old engine drains (up to ``grace_s``)
+        in the background. Returns once the new version serves.
+
+        Raises :class:`ModelNotFound` for a model or version not in the store and
+        :class:`ModelLoadFailed` when the version does not verify or load; either way what
+        served goes on serving."""
+        async with self._lock(name):
+            versions = store_versions(self.store).get(name, [])
+            if not versions:
+                raise ModelNotFound(f"model {name!r} is not in the model store")
+            version = version or versions[-1]
+            if version not in versions:
+                raise ModelNotFound(
+                    f"model {name!r} has no version {version!r} in the store (have {', '.join(versions)})"
+                )
+            current = self.entries.get(name)
+            if current is not None and current.version == version and current.ready:
+                return current  # already serving: loading it again would only cost a swap
+            candidate = ModelEntry(name, version, versions, self.store / name / version)
+            self.loading[name] = version
+            try:
+                candidate.manifest = read_manifest(candidate.path)
+                engine = await asyncio.to_thread(factory, candidate)
+            except LOAD_ERRORS as exc:
+                self.failed[name, version] = str(exc)
+                log.error("model %s@%s failed to load: %s", name, version, exc)
+                raise ModelLoadFailed(f"model {name}@{version} failed to load: {exc}") from exc
+            finally:
+                del self.loading[name]
+            with self._swap:  # one step on the event loop: no handler sees half of it
+                entry = self.entries.get(name)
+                old = entry.engine if entry is not None else None
+                if entry is None:
+                    entry = self.entries[name] = candidate
+                    self.known.add(name)
+                else:
+                    entry.version, entry.versions, entry.path = version, versions, candidate.path
+                    entry.manifest, entry.load_error, entry.crashes = candidate.manifest, None, []
+                    entry.pinned = False
+                entry.engine = engine
+                self.failed.pop((name, version), None)
+        if old is not None:
+            drain = asyncio.create_task(self._drain(entry, old, grace_s))
+            self._drains.add(drain)
+            drain.add_done_callback(self._drains.discard)
+        return entry
+
+    async def _drain(self, entry: ModelEntry, engine: EngineClient, grace_s: float) -> None:
+        entry.draining.append(engine)
+        try:
+            await asyncio.to_thread(engine.stop, grace_s)
+        finally:
+            entry.draining.remove(engine)
+
+    async def unload(self, name: str, grace_s: float) -> ModelEntry:
+        """Stop admitting requests for ``name``, let its engine finish them (up to ``grace_s``), free it;
+        returns once it is gone. Its later requests resolve as if it had never been loaded (404, or the
+        language pair's next model)."""
+        async with self._lock(name):
+            entry = self.get(name)
+            if name in self.required:
+                raise Conflict(f"model {name} is required for readiness (--required-models); it cannot be unloaded")
+            with self._swap:
+                del self.entries[name]
+                self.unloading[name] = entry
+            try:
+                if entry.engine is not None:
+                    await self._drain(entry, entry.engine, grace_s)
+            finally:
+                del self.unloading[name]
+            return entry
+
+    def outdated(self) -> list[str]:
+        """What a reload would load, as ``name@version``: each model whose newest version on disk is
+        newer than the one it serves (pinned ones excepted), and each model new to the store."""
+        pending = []
+        for name, versions in store_versions(self.store).items():
+            entry = self.entries.get(name)
+            if entry is None:
+                if name not in self.known and (not self.pins or name in self.pins):
+                    pending.append(f"{name}@{versions[-1]}")
+            elif not entry.pinned and version_key(versions[-1]) > version_key(entry.version):
+                pending.append(f"{name}@{versions[-1]}")
+        return [p for p in pending if tuple(p.split("@", 1)) not in self.failed]  # failed once: loaded by hand
+
+    async def reload(self, factory: EngineFactory, grace_s: float) -> list[dict[str, str]]:
+        """Load what :meth:`outdated` lists, one model after another; a failure leaves that model as it
+        was and the others still load. Returns what happened to each."""
+        results = []
+        for target in self.outdated():
+            name, version = target.split("@", 1)
+            try:
+                await self.deploy(name, version, factory, grace_s)
+                results.append({"model": name, "version": version, "outcome": "loaded"})
+            except (ModelLoadFailed, ModelNotFound) as exc:
+                results.append({"model": name, "version": version, "outcome": "failed", "error": exc.message})
+        return results
 
     # -- resolution ----------------------------------------------------------------------------
     def engine(self, entry: ModelEntry) -> EngineClient:

@@ -161,7 +161,7 @@ class EngineProcess(EngineClient):
             reports.close()
             raise RuntimeError(message.error if isinstance(message, LoadFailed) else f"unexpected {message!r}")
         info = EngineInfo(
-            tokenizers["source"], tokenizers["target"], message.device, message.dtype, message.quantization
+            tokenizers["source"], tokenizers["target"], path.name, message.device, message.dtype, message.quantization
         )
         client = cls(name, info, process, metrics, loop)
         try:
