@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import shutil
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from seq2seq.config import ModelConfig
 from seq2seq.model import Seq2Seq
 from tests.server_process import ServiceProcess
 from tests.service.conftest import AppClient
+from tests.service.test_reliability import record
 
 TEXTS = ["Ein Mann spielt im Park.", "Zwei Hunde laufen.", "Ein Kind mit einem Ball.", "Eine Frau auf der Straße."]
 
@@ -235,6 +237,14 @@ async def test_watch_store_rolls_out_a_new_version(app_client: AppClient, store:
 
 
 # -- a real server under load -------------------------------------------------------------------------
+def answer_counts(answers: dict[tuple[str, str, str], Counter[str]]) -> Counter[tuple[str, str]]:
+    """Answers per (model, version)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for (model, version, _), outputs in answers.items():
+        counts[model, version] += sum(outputs.values())
+    return counts
+
+
 async def test_models_change_under_load_with_no_failed_request(store: Path, tmp_path: Path):
     """Concurrency 32 (translate, and streamed chat) while: a new translate version loads, a reload
     rolls out a new chat version, another model unloads, and a corrupt version is refused."""
@@ -276,10 +286,14 @@ async def test_models_change_under_load_with_no_failed_request(store: Path, tmp_
             workers = [asyncio.create_task(translate_worker(client, i)) for i in range(24)]
             workers += [asyncio.create_task(chat_worker(client, i)) for i in range(8)]
             await asyncio.sleep(1)
+            t0 = time.monotonic()
             assert (await client.post("/admin/models/translate-de-en/load")).json()["active_version"] == "2"
+            load_s = time.monotonic() - t0
             await asyncio.sleep(1)
             add_version(store, "chat-en", "2", seed=6)
+            t0 = time.monotonic()
             reloaded = (await client.post("/admin/reload")).json()["results"]
+            reload_s = time.monotonic() - t0
             assert [(r["model"], r["version"], r["outcome"]) for r in reloaded] == [("chat-en", "2", "loaded")]
             await asyncio.sleep(1)
             before_unload = server.memory_bytes()
@@ -299,10 +313,30 @@ async def test_models_change_under_load_with_no_failed_request(store: Path, tmp_
             assert (await client.post("/admin/models/translate-de-en-basic/unload")).status_code == 200
             freed = server.memory_bytes()
 
+    record(
+        "admin-under-load",
+        {
+            "requests": sum(sum(c.values()) for c in answers.values()) + len(failures),
+            "failed": len(failures),
+            "answers_by_version": {f"{m}@{v}": n for (m, v), n in sorted(answer_counts(answers).items())},
+            "load_seconds": round(load_s, 2),
+            "reload_seconds": round(reload_s, 2),
+            "pss_mib": {
+                "before_unload": round(before_unload / 2**20, 1),
+                "after_unload": round(after_unload / 2**20, 1),
+                "reloaded": round(loaded / 2**20, 1),
+                "unloaded_again": round(freed / 2**20, 1),
+            },
+        },
+    )
     assert failures == []
     assert serving == {"translate-de-en": "2", "chat-en": "2"}
-    versions = Counter((model, version) for model, version, _ in answers)
-    assert set(versions) == {("translate-de-en", "1"), ("translate-de-en", "2"), ("chat-en", "1"), ("chat-en", "2")}
+    assert set(answer_counts(answers)) == {
+        ("translate-de-en", "1"),
+        ("translate-de-en", "2"),
+        ("chat-en", "1"),
+        ("chat-en", "2"),
+    }
     for key, outputs in answers.items():  # greedy decoding: one version, one output per input
         assert len(outputs) == 1, (key, outputs)
     for model, inputs in (("translate-de-en", TEXTS), ("chat-en", ["Hello", "How are you", "Good morning"])):
