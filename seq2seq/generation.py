@@ -35,6 +35,7 @@ from seq2seq.decoding import (
     FinishReason,
     Strategy,
     beam_candidates,
+    block_repeated_ngrams,
     filter_logits,
     forbid_eos,
     greedy,
@@ -275,6 +276,10 @@ class GenerationBatch:
         if any(seq.length < seq.request.params.min_length for seq in self.active):
             no_eos = [seq.length < seq.request.params.min_length for seq in row_seqs]
             logprobs = forbid_eos(logprobs, torch.tensor(no_eos, device=self.device))
+        if any(seq.request.params.no_repeat_ngram_size for seq in self.active):
+            histories = [h for seq in self.active for h in seq.histories]
+            sizes = [seq.request.params.no_repeat_ngram_size for seq in row_seqs]
+            logprobs = block_repeated_ngrams(logprobs, histories, sizes)
         candidates = self._beam_candidates(logprobs)  # per beam request: its best extensions
         chosen = self._choose_single(logprobs, row_seqs)  # (token, logprob) per row of greedy/sampled requests
         # 3. advance every request, collect the rows that continue

@@ -1,6 +1,6 @@
-"""The README's table of bundled models, generated from their manifests.
+"""The README's tables of bundled models, generated from their manifests.
 
-python -m training.report [--model-store model_store]
+python -m training.report [--model-store model_store] [--table models|robustness]
 """
 
 from __future__ import annotations
@@ -51,10 +51,40 @@ def table(store: Path) -> str:
     return "\n".join(rows)
 
 
+def robustness_table(store: Path) -> str:
+    """Cap hits and short outputs without and with each model's no-repeat default (``training.robustness``)."""
+    rows = [
+        "| model | no-repeat default | set | greedy: cap hits | greedy: short | greedy BLEU "
+        "| beam: cap hits | beam: short | beam BLEU |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, versions in store_versions(store).items():
+        m = read_manifest(store / name / versions[-1])
+        result = m.get("robustness")
+        if not result:
+            continue
+        chosen = str(result["chosen"])
+        for split, by_size in result["sets"].items():
+            off, on = by_size["0"], by_size[chosen]
+            cells = []
+            for strategy in ("greedy", "beam"):
+                a, b = off[strategy], on[strategy]
+                cells += [f"{a['cap_hits']} → {b['cap_hits']}", f"{a['short']} → {b['short']}"]
+                cells.append(f"{a['bleu']:.2f} → {b['bleu']:.2f}")
+            rows.append(
+                f"| `{name}` v{m['version']} | {chosen or 'off'} | {split} ({off['greedy']['sentences']}) | "
+                + " | ".join(cells)
+                + " |"
+            )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-store", type=Path, default=MODEL_STORE)
-    print(table(p.parse_args(argv).model_store))
+    p.add_argument("--table", choices=["models", "robustness"], default="models")
+    args = p.parse_args(argv)
+    print(table(args.model_store) if args.table == "models" else robustness_table(args.model_store))
 
 
 if __name__ == "__main__":

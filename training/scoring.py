@@ -5,20 +5,34 @@ Shared by training (validation BLEU after every epoch) and evaluation (test sets
 
 from __future__ import annotations
 
+import dataclasses
+
 from sacrebleu.metrics import BLEU, CHRF
 
-from seq2seq.decoding import DecodeParams
-from seq2seq.generation import GenerationRequest, generate
+from seq2seq.decoding import DecodeParams, source_length_cap
+from seq2seq.generation import GenerationRequest, Hypothesis, generate
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import Tokenizer
+
+
+def decode_all(
+    model: Seq2Seq, src_tok: Tokenizer, sources: list[str], params: DecodeParams, max_rows: int = 96
+) -> list[Hypothesis]:
+    """The best hypothesis for each source, as the server decodes it: ``params.max_length`` is
+    also capped by the source's length (:func:`~seq2seq.decoding.source_length_cap`)."""
+    requests = []
+    for i, source in enumerate(sources):
+        ids = src_tok.encode(source)
+        cap = min(params.max_length, source_length_cap(len(ids)))
+        requests.append(GenerationRequest(str(i), ids, dataclasses.replace(params, max_length=cap)))
+    results = generate(model, requests, max_rows=max_rows)
+    return [results[str(i)][0] for i in range(len(sources))]
 
 
 def translate_all(
     model: Seq2Seq, src_tok: Tokenizer, tgt_tok: Tokenizer, sources: list[str], params: DecodeParams, max_rows: int = 96
 ) -> list[str]:
-    requests = [GenerationRequest(str(i), src_tok.encode(s), params) for i, s in enumerate(sources)]
-    results = generate(model, requests, max_rows=max_rows)
-    return [tgt_tok.decode(results[str(i)][0].tokens) for i in range(len(sources))]
+    return [tgt_tok.decode(h.tokens) for h in decode_all(model, src_tok, sources, params, max_rows)]
 
 
 def bleu_scores(hypotheses: list[str], references: list[str]) -> dict[str, float | str]:

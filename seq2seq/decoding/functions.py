@@ -20,6 +20,26 @@ def forbid_eos(logprobs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return logprobs
 
 
+def block_repeated_ngrams(logprobs: torch.Tensor, histories: list[list[int]], sizes: list[int]) -> torch.Tensor:
+    """logprobs (B, V); per row its tokens so far and n (0 = off): a token that would complete an
+    n-gram the row already holds becomes impossible (the no-repeat rule of Paulus et al., 2018)."""
+    banned_rows: list[int] = []
+    banned_tokens: list[int] = []
+    for row, (history, n) in enumerate(zip(histories, sizes, strict=True)):
+        if n == 0 or len(history) < n:
+            continue
+        prefix = history[len(history) - n + 1 :]
+        for start in range(len(history) - n + 1):
+            if history[start : start + n - 1] == prefix:
+                banned_rows.append(row)
+                banned_tokens.append(history[start + n - 1])
+    if not banned_rows:
+        return logprobs
+    logprobs = logprobs.clone()
+    logprobs[banned_rows, banned_tokens] = float("-inf")
+    return logprobs
+
+
 def greedy(logprobs: torch.Tensor) -> torch.Tensor:
     """(B, V) -> (B,) the most likely token of each row (the first one on ties).
 

@@ -61,10 +61,21 @@ TopK = Annotated[
     int, Field(ge=0, description="sample among the k most likely tokens (at most the vocabulary); 0 = all"), JSON_NUMBER
 ]
 TopP = Annotated[float, Field(ge=0.001, le=1.0, description="nucleus sampling mass; 1 = off"), JSON_NUMBER]
+NoRepeatNgram = Annotated[
+    int,
+    Field(ge=0, le=8, description="never repeat an n-gram of this many tokens in the output (stops loops); 0 = off"),
+    JSON_NUMBER,
+]
 Seed = (
     Annotated[int, Field(ge=0, le=2**53 - 1, description="makes sampling reproducible (exact in JSON)"), JSON_NUMBER]
     | None
 )
+
+
+def source_length_cap(src_len: int) -> int:
+    """The default ``max_length`` for a source of ``src_len`` pieces: outputs longer than this are
+    loops, not translations (Multi30K's longest references are under twice their source)."""
+    return 2 * src_len + 10
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,7 @@ class DecodeParams:
     top_k: TopK = 0
     top_p: TopP = 1.0
     seed: Seed = None
+    no_repeat_ngram_size: NoRepeatNgram = 0
 
     @model_validator(mode="after")
     def _combinations(self) -> DecodeParams:

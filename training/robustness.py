@@ -1,0 +1,145 @@
+"""Runaway and truncated outputs of a packaged model, with and without blocking repeated n-grams.
+
+    python -m training.robustness --model-dir model_store/translate-de-en/2 [--apply]
+
+For val and test, greedy and beam (the manifest's beam size and length penalty), each with
+``no_repeat_ngram_size`` 0 (off) and each of ``--sizes``, as the server decodes (the length
+cap follows the source: :func:`~seq2seq.decoding.source_length_cap`):
+
+- BLEU and chrF;
+- ``cap_hits``: outputs that ran into the length cap (loops, nearly always);
+- ``short``: outputs of fewer words than half the source's (truncation).
+
+The model's default is the size with the fewest cap hits on val among those that cost no
+BLEU on val, greedy or beam (0 if none qualifies): never chosen on test. ``--apply`` writes it
+(``decoding.no_repeat_ngram_size``) and the figures (``robustness``) into the manifest, where
+the server and the README's tables read them; the manifest's checksums cover the weights and
+tokenizers, which do not change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seq2seq.checkpoint import MANIFEST, load_model_dir
+from seq2seq.decoding import DecodeParams, FinishReason
+from seq2seq.model import Seq2Seq
+from seq2seq.tokenizer import Tokenizer
+from training.data import Pair, load_corpus
+from training.scoring import bleu_scores, decode_all
+
+log = logging.getLogger("training.robustness")
+
+SIZES = (3, 4)
+
+
+def length_report(
+    model: Seq2Seq, src_tok: Tokenizer, tgt_tok: Tokenizer, pairs: list[Pair], params: DecodeParams
+) -> dict[str, Any]:
+    """BLEU, chrF, cap hits and short outputs of ``pairs`` decoded with ``params``."""
+    sources = [s for s, _ in pairs]
+    hyps = decode_all(model, src_tok, sources, params)
+    outputs = [tgt_tok.decode(h.tokens) for h in hyps]
+    scores = bleu_scores(outputs, [t for _, t in pairs])
+    short = [i for i, (s, o) in enumerate(zip(sources, outputs, strict=True)) if len(o.split()) < len(s.split()) / 2]
+    capped = [i for i, h in enumerate(hyps) if h.finish_reason is FinishReason.LENGTH]
+    return {
+        "bleu": scores["bleu"],
+        "chrf": scores["chrf"],
+        "sentences": len(pairs),
+        "cap_hits": len(capped),
+        "short": len(short),
+        "examples": {
+            "cap_hit": [{"source": sources[i], "output": outputs[i]} for i in capped[:2]],
+            "short": [{"source": sources[i], "output": outputs[i]} for i in short[:2]],
+        },
+    }
+
+
+def choose(val: dict[str, dict[str, dict[str, Any]]]) -> int:
+    """The no-repeat size with the fewest cap hits on val among those that lose no BLEU, greedy or beam."""
+    base = val["0"]
+    fine = [
+        int(n)
+        for n, by_strategy in val.items()
+        if n != "0" and all(by_strategy[s]["bleu"] >= base[s]["bleu"] for s in by_strategy)
+    ]
+    if not fine:
+        return 0
+    return min(fine, key=lambda n: (sum(val[str(n)][s]["cap_hits"] for s in base), -n))
+
+
+def robustness(model_dir: Path, sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
+    loaded = load_model_dir(model_dir)
+    m = loaded.manifest
+    trained_on = m.get("training", {}).get("hyperparameters", {})
+    corpus = load_corpus(
+        trained_on.get("corpus", "multi30k"),
+        src=m["source_lang"],
+        tgt=m["target_lang"],
+        seed=int(trained_on.get("seed", 1)),  # the chat corpora's held-out split depends on it
+    )
+    tuned = m.get("decoding") or {}
+    beam = {"beam_size": tuned.get("beam_size", 5), "length_penalty": tuned.get("length_penalty", 1.0)}
+    result: dict[str, Any] = {"sizes": [0, *sizes], "beam": beam, "sets": {}}
+    for split, pairs in (("val", corpus.val), ("test", corpus.test)):
+        by_size: dict[str, dict[str, dict[str, Any]]] = {}
+        for n in (0, *sizes):
+            by_size[str(n)] = {}
+            for strategy, extra in (("greedy", {}), ("beam", beam)):
+                params = DecodeParams(no_repeat_ngram_size=n, **extra)
+                report = length_report(loaded.model, loaded.source_tokenizer, loaded.target_tokenizer, pairs, params)
+                by_size[str(n)][strategy] = report
+                log.info(
+                    "%s %s, no-repeat %d: BLEU %.2f, chrF %.2f, %d cap hits, %d short of %d",
+                    split,
+                    strategy,
+                    n,
+                    report["bleu"],
+                    report["chrf"],
+                    report["cap_hits"],
+                    report["short"],
+                    len(pairs),
+                )
+        result["sets"][split] = by_size
+    result["chosen"] = choose(result["sets"]["val"])
+    return result
+
+
+def apply(model_dir: Path, result: dict[str, Any]) -> None:
+    """The chosen default and the figures, into the model's manifest."""
+    path = model_dir / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["decoding"] = {**(manifest.get("decoding") or {}), "no_repeat_ngram_size": result["chosen"]}
+    manifest["robustness"] = result
+    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="no-repeat n-gram sizes to try")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--apply", action="store_true", help="write the chosen default and the figures into the manifest")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = robustness(args.model_dir, tuple(args.sizes))
+    if args.apply:
+        apply(args.model_dir, result)
+    summary = {
+        split: {n: {s: {k: r[k] for k in ("bleu", "cap_hits", "short")} for s, r in v.items()} for n, v in sets.items()}
+        for split, sets in result["sets"].items()
+    }
+    print(json.dumps({"chosen": result["chosen"], **summary}, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
