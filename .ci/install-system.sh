@@ -9,6 +9,9 @@
 set -euo pipefail
 
 PACKAGES=(docker.io debootstrap nginx docker-compose)
+# kubectl renders deploy/k8s for tests/deploy/test_k8s.py: Debian's kubernetes-client, unless a kubectl
+# is installed already (another package's /usr/bin/kubectl would conflict with it).
+command -v kubectl >/dev/null 2>&1 || PACKAGES+=(kubernetes-client)
 DOCKER_DATA_ROOT=${DOCKER_DATA_ROOT:-/var/lib/docker}
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/dockerd.log}
 DOCKERD_PIDFILE=/var/run/docker.pid
