@@ -31,9 +31,10 @@ RUN if ls /tmp/wheels/torch-*.whl >/dev/null 2>&1; then \
         pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"; \
     fi
 # Dependencies first, from pyproject.toml alone (no packages copied yet, so none are found): this
-# layer is rebuilt only when the dependencies change. torch is already there and stays.
+# layer is rebuilt only when the dependencies change. torch is already there and stays. The otel
+# extra lets a deployment turn traces on with OTEL_EXPORTER_OTLP_ENDPOINT alone.
 COPY pyproject.toml README* ./
-RUN pip install --find-links /tmp/wheels .
+RUN pip install --find-links /tmp/wheels ".[otel]"
 COPY . .
 RUN pip install --no-deps --force-reinstall . \
     && pip check \

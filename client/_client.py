@@ -392,11 +392,13 @@ class Client(_BaseClient):
         source_lang: str | None = None,
         target_lang: str | None = None,
         request_id: str | None = None,
+        retry: Retry | None = None,
         **options: Unpack[DecodingOptions],
     ) -> TranslateResult:
-        """Translate one text, or a list of texts in one batch (``translations`` follows their order)."""
+        """Translate one text, or a list of texts in one batch (``translations`` follows their order).
+        ``retry`` replaces the client's retry policy for this call."""
         body = self._translate_body(text, model, source_lang, target_lang, options)
-        response = self._send("POST", "/translate", body=body, request_id=request_id)
+        response = self._send("POST", "/translate", body=body, request_id=request_id, retry=retry)
         return self._parse(response, lambda data: TranslateResult.from_json(data, _request_id(response)))
 
     def chat(
@@ -543,10 +545,11 @@ class AsyncClient(_BaseClient):
         source_lang: str | None = None,
         target_lang: str | None = None,
         request_id: str | None = None,
+        retry: Retry | None = None,
         **options: Unpack[DecodingOptions],
     ) -> TranslateResult:
         body = self._translate_body(text, model, source_lang, target_lang, options)
-        response = await self._send("POST", "/translate", body=body, request_id=request_id)
+        response = await self._send("POST", "/translate", body=body, request_id=request_id, retry=retry)
         return self._parse(response, lambda data: TranslateResult.from_json(data, _request_id(response)))
 
     async def chat(

@@ -3,6 +3,7 @@
 ::
 
     seq2seq translate "Zwei Hunde spielen im Schnee." --to en [--from de] [--beam-size 5 --n-best 3] [--json]
+    seq2seq translate --file in.txt --out out.txt --to en [--resume]   # a document, line by line ('-': stdin/stdout)
     seq2seq chat                    # conversation: one message per line on stdin, replies streamed
     seq2seq chat "Hello there"      # a single turn
     seq2seq models [--json]
@@ -15,17 +16,23 @@ on stderr), 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from client._client import Client
 from client._config import DEFAULT_BASE_URL, DEFAULT_TIMEOUT
 from client._exceptions import APIError, Seq2SeqError
 from client._models import ChatTurn, DecodingOptions, ModelInfo, TranslateResult
+from client.files import BatchFailed, read_lines, resume_point, translate_lines
 
 # Turns of earlier conversation sent with each message. The server accepts up to 100 and the
 # bundled chat models use none of them (they answer single questions), so a short window keeps
@@ -57,13 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     translate = commands.add_parser("translate", parents=[common], help="translate one or more texts")
-    translate.add_argument("texts", nargs="+", metavar="TEXT", help="texts to translate, in one batch")
+    translate.add_argument("texts", nargs="*", metavar="TEXT", help="texts to translate, in one batch")
     translate.add_argument("--to", dest="target_lang", help="target language (required unless --model is given)")
     translate.add_argument("--from", dest="source_lang", help="source language")
     translate.add_argument("--model", help="model name (default: the server's default for the language pair)")
     translate.add_argument("--beam-size", type=int, help="beam search width (default: greedy)")
     translate.add_argument("--n-best", type=int, help="alternatives to show per text (implies --beam-size >= N)")
     translate.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    document = translate.add_argument_group("documents (instead of TEXT): one line is one text")
+    document.add_argument("--file", metavar="PATH", help="translate this file line by line ('-': stdin)")
+    document.add_argument("--out", metavar="PATH", help="write the translations here (default, '-': stdout)")
+    document.add_argument(
+        "--resume", action="store_true", help="keep the lines already in --out and translate only the rest"
+    )
+    document.add_argument("--concurrency", type=int, default=4, metavar="N", help="requests at a time (default 4)")
+    document.add_argument("--batch-size", type=int, default=16, metavar="N", help="lines per request (default 16)")
     translate.set_defaults(run=_translate)
 
     chat = commands.add_parser("chat", parents=[common], help="chat: one MESSAGE, or one per line on stdin")
@@ -83,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "translate" and args.target_lang is None and args.model is None:
         parser.error("translate: give the target language with --to (or a --model)")
+    if args.command == "translate":
+        _check_document_args(parser, args)
     timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
     try:
         with Client(args.url, timeout=timeout) as client:
@@ -107,7 +124,26 @@ def _print_json(data: Any) -> None:
 
 
 # -- translate ------------------------------------------------------------------------------------
+def _check_document_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.file is None:
+        if not args.texts:
+            parser.error("translate: give TEXT arguments or a --file")
+        if args.out is not None or args.resume:
+            parser.error("translate: --out and --resume go with --file")
+        return
+    if args.texts:
+        parser.error("translate: give TEXT arguments or a --file, not both")
+    if args.json or args.n_best is not None:
+        parser.error("translate: --file writes one translation per line; --json and --n-best are for TEXT arguments")
+    if args.resume and args.out in (None, "-"):
+        parser.error("translate: --resume continues an --out file")
+    if args.concurrency < 1 or args.batch_size < 1:
+        parser.error("translate: --concurrency and --batch-size must be at least 1")
+
+
 def _translate(client: Client, args: argparse.Namespace) -> int:
+    if args.file is not None:
+        return _translate_file(client, args)
     options: DecodingOptions = {}
     if args.beam_size is not None:
         options["beam_size"] = args.beam_size
@@ -136,6 +172,50 @@ def _format_translations(result: TranslateResult) -> str:
             blocks.append("\n".join(lines))
     separator = "\n\n" if any(t.alternatives for t in result.translations) else "\n"
     return separator.join(blocks)
+
+
+def _translate_file(client: Client, args: argparse.Namespace) -> int:
+    """``--file``: the document's lines through :func:`client.files.translate_lines`, with a progress
+    bar (on a terminal) and a summary on stderr."""
+    to_stdout = args.out in (None, "-")
+    try:  # a missing or unreadable file, a file that is not UTF-8, an --out that is not this input's
+        if args.file == "-":
+            lines = read_lines(io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8"))
+        else:
+            with open(args.file, encoding="utf-8") as source:
+                lines = read_lines(source)
+        start = resume_point(Path(args.out), len(lines)) if args.resume else 0
+        output = (
+            contextlib.nullcontext(sys.stdout)
+            if to_stdout
+            else open(args.out, "a" if args.resume else "w", encoding="utf-8")
+        )
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    options: DecodingOptions = {} if args.beam_size is None else {"beam_size": args.beam_size}
+    languages = {"model": args.model, "source_lang": args.source_lang, "target_lang": args.target_lang}
+    bar = tqdm(total=len(lines), initial=start, unit="line", file=sys.stderr, disable=None, dynamic_ncols=True)
+    with output as out, bar:
+        try:
+            summary = translate_lines(
+                client,
+                lines,
+                out,
+                start=start,
+                batch_size=args.batch_size,
+                concurrency=args.concurrency,
+                on_written=bar.update,
+                **languages,
+                **options,
+            )
+        except BatchFailed as exc:
+            tqdm.write(f"error ({exc.error.code}): {exc.where}: {exc.error.message}", file=sys.stderr)
+            if not to_stdout:
+                tqdm.write(f"{args.out} holds the first {exc.written} lines: --resume continues", file=sys.stderr)
+            return 1
+    print(summary, file=sys.stderr)
+    return 0
 
 
 # -- chat -----------------------------------------------------------------------------------------

@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=False,  # one structured line per request comes from RequestContextMiddleware
+        log_config=None,  # uvicorn's loggers reach the handler of configure_logging, in its format
+        access_log=False,  # the access log is RequestContextMiddleware's: one line per request
         http=limited_protocol(
             HttpLimits(
                 settings.max_header_bytes, settings.max_headers, settings.header_timeout_s, settings.body_timeout_s

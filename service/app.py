@@ -8,11 +8,13 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from service import tracing
 from service.api import chat, health, models, openapi, prometheus, translate, ui
 from service.api.errors import install_error_handlers
 from service.engine.client import EngineClient, LocalEngine
@@ -22,6 +24,9 @@ from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.registry import EngineFactory, ModelEntry, Registry
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger("service")
 
@@ -37,7 +42,10 @@ def engine_factory(settings: Settings, metrics: Metrics, loop: asyncio.AbstractE
     return build
 
 
-def create_app(settings: Settings | None = None, *, load_in_background: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, load_in_background: bool = True, tracer_provider: TracerProvider | None = None
+) -> FastAPI:
+    """``tracer_provider``: trace with it (service/tracing.py); by default only with ``OTEL_EXPORTER_OTLP_ENDPOINT``."""
     settings = settings or Settings()
     metrics = Metrics()
 
@@ -91,4 +99,5 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
             allow_headers=["content-type", "x-request-id"],
             expose_headers=["x-request-id", "retry-after"],
         )
+    app.state.tracer = tracing.install(app, tracer_provider)  # the server span encloses every middleware
     return app

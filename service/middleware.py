@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids, one structured log line per request, HTTP metrics, body limit.
+"""ASGI middleware: request ids, the access log (one line per request), HTTP metrics, body limit.
 
 Written as plain ASGI (not ``BaseHTTPMiddleware``) so streamed responses pass through
 untouched and disconnects still reach the handlers.
@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.engine.request import Timings
 from service.errors import InternalError, PayloadTooLarge, ServiceError
 from service.metrics import Metrics
 
@@ -116,20 +117,43 @@ class RequestContextMiddleware:
         state = scope.get("state", {})
         self.metrics.requests.labels(route, str(status)).inc()
         self.metrics.latency.labels(route).observe(latency)
-        log.info(
-            json.dumps(
-                {
-                    "request_id": request_id,
-                    "method": scope.get("method"),
-                    "route": route,
-                    "model": state.get("model"),
-                    "status": status,
-                    "latency_ms": round(latency * 1000, 2),
-                    "generated_tokens": state.get("generated_tokens"),
-                },
-                ensure_ascii=False,
-            )
-        )
+        fields = {
+            "request_id": request_id,
+            "method": scope.get("method"),
+            "route": route,
+            "model": state.get("model"),
+            "version": state.get("model_version"),
+            "status": status,
+            **_engine_times(state.get("timings")),
+            "total_ms": _ms(latency),
+            "input_tokens": state.get("input_tokens"),
+            "output_tokens": state.get("generated_tokens"),
+        }
+        log.info(_access_line(fields), extra=fields)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+def _engine_times(timings: list[Timings] | None) -> dict[str, float | None]:
+    """Queue, encode and generation time of a request that the engine answered (``None`` for
+    the others): the longest among its texts, which is what the reply waited for."""
+    if not timings:
+        return {"queue_ms": None, "encode_ms": None, "generation_ms": None}
+    return {
+        "queue_ms": _ms(max(t.queue_s for t in timings)),
+        "encode_ms": _ms(max(t.encode_s for t in timings)),
+        "generation_ms": _ms(max(t.generation_s for t in timings)),
+    }
+
+
+def _access_line(fields: dict[str, Any]) -> str:
+    """The access line as text: ``POST /translate 200 request_id=... model=...``, without unknown values.
+    In JSON logs the same fields are the line's keys."""
+    head = ("method", "route", "status")
+    rest = " ".join(f"{k}={v}" for k, v in fields.items() if k not in head and v is not None)
+    return f"{fields['method']} {fields['route']} {fields['status']} {rest}"
 
 
 class _BodyTooLarge(Exception):

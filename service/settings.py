@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter
 
 from seq2seq.optimize import DType, Quantization, dtype_fits
 
@@ -105,6 +107,9 @@ class Settings(BaseSettings):
     )
     shutdown_grace_s: float = Field(20.0, ge=0, description="SIGTERM: time to finish in-flight requests")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per line (an access line carries the request's fields as keys)"
+    )
 
     @field_validator("models", "required_models", "cors_origins", mode="before")
     @classmethod
@@ -134,7 +139,25 @@ class Settings(BaseSettings):
 
 
 def configure_logging(settings: Settings) -> None:
-    """One log format for the HTTP process and the engine processes."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
-    )
+    """One log format for the HTTP process, uvicorn's own loggers and the engine processes, on stderr.
+
+    ``json``: each record is an object with ``time``, ``level``, ``process``, ``logger`` and
+    ``message``, plus whatever the record carries as ``extra`` (the access log's fields) and
+    ``exc_info`` for a traceback; Python's warnings are logged too, so nothing else reaches stderr.
+    """
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "{levelname}{processName}{name}{message}",
+                style="{",
+                rename_fields={"levelname": "level", "processName": "process", "name": "logger"},
+                timestamp="time",
+                reserved_attrs=[*RESERVED_ATTRS, "color_message"],  # uvicorn's copy of the message, with ANSI colours
+                json_ensure_ascii=False,
+            )
+        )
+        logging.captureWarnings(True)
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])

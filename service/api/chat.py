@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from seq2seq.generation import Hypothesis
 from seq2seq.tokenizer import IncrementalDetokenizer, Tokenizer
 from service.api.errors import ERROR_RESPONSES
-from service.api.inference import Prepared, disconnected, prepare, submit, wait_all
+from service.api.inference import Prepared, disconnected, prepare, record, submit, wait_all
 from service.deps import RegistryDep, SettingsDep
 from service.engine.client import RequestStream
 from service.engine.request import Output, RequestFailed
@@ -140,5 +140,6 @@ async def _sse_events(
                 return
             output = await _next_output(prepared, stream, deadline)
     finally:
+        record(request, prepared, [stream])
         if not stream.closed:  # client gone or deadline: free the rows
             prepared.engine.abort({stream.request_id})

@@ -25,6 +25,7 @@ from service.errors import ClientClosedRequest, DeadlineExceeded, InvalidRequest
 from service.registry import ModelEntry, Registry
 from service.schemas import DecodingOptions
 from service.settings import Settings
+from service.tracing import record_engine_spans
 
 DEADLINE_MARGIN_S = 2.0
 _PASSED_AS_THEY_ARE = {f.name for f in dataclasses.fields(DecodeParams)} - {"max_length", "min_length"}
@@ -121,9 +122,21 @@ async def disconnected(request: HttpRequest) -> None:
         pass
 
 
+def record(request: HttpRequest, prepared: Prepared, streams: list[RequestStream]) -> None:
+    """The engine's part of the request, for the access log (``request.state``) and, with tracing
+    on, as spans: its input tokens and the timings of the texts that the engine answered."""
+    timings = [s.timings for s in streams]
+    request.state.input_tokens = prepared.input_tokens
+    request.state.timings = [t for t in timings if t is not None]
+    tracer = request.app.state.tracer
+    if tracer is not None:
+        record_engine_spans(tracer, prepared.entry.name, prepared.entry.version, prepared.requests, timings)
+
+
 async def wait_all(prepared: Prepared, streams: list[RequestStream], request: HttpRequest) -> list[list[Hypothesis]]:
     """Results of every stream, in order. A client that disconnects, or a deadline that passes,
-    aborts the requests so their rows leave the batch at the next step."""
+    aborts the requests so their rows leave the batch at the next step. The outcome is
+    :func:`record`-ed either way."""
     results = asyncio.ensure_future(asyncio.gather(*(s.final() for s in streams)))
     watcher = asyncio.ensure_future(disconnected(request))
     try:
@@ -134,6 +147,7 @@ async def wait_all(prepared: Prepared, streams: list[RequestStream], request: Ht
             raise ClientClosedRequest("the client disconnected; generation was cancelled")
         raise DeadlineExceeded(f"no result within {prepared.timeout_s:g}s")
     finally:  # also on cancellation of the handler itself
+        record(request, prepared, streams)
         watcher.cancel()
         if not results.done():
             prepared.engine.abort({s.request_id for s in streams})

@@ -18,7 +18,7 @@ from seq2seq.tokenizer import Tokenizer
 from service.engine.engine import Engine
 from service.engine.loader import build_engine
 from service.engine.messages import Abort, Command, Died, Outputs, Submit
-from service.engine.request import Output, Request, RequestFailed, is_last
+from service.engine.request import Output, Request, RequestFailed, Timings, is_last
 from service.errors import EngineUnavailable
 from service.metrics import Metrics
 from service.settings import Settings
@@ -41,6 +41,7 @@ class RequestStream:
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
         self.closed = False  # its last output arrived, or the request was aborted
+        self.timings: Timings | None = None  # the engine's, once it finished
         self._queue: asyncio.Queue[Output] = asyncio.Queue()
 
     def put(self, output: Output) -> None:
@@ -120,6 +121,10 @@ class EngineClient:
 
     def deliver(self, message: Outputs) -> None:
         """On the event loop: each output to its request's stream, the statistics to the metrics."""
+        for request_id, timings in message.timings.items():  # no later than the request's result
+            stream = self._streams.get(request_id)
+            if stream is not None:
+                stream.timings = timings
         for output in message.outputs:
             stream = self._streams.get(output.request_id)
             if stream is None:  # aborted: nobody listens

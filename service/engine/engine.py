@@ -26,7 +26,7 @@ import torch
 
 from seq2seq.state import DecoderState
 from service.engine.messages import Abort, Command, Died, Outputs, Stop, Submit
-from service.engine.request import Output, Request, RequestFailed, RequestStatus
+from service.engine.request import Output, Request, RequestFailed, RequestStatus, Timings
 from service.engine.scheduler import Policy, QueueFull, Scheduler
 from service.errors import EngineUnavailable, InternalError, Overloaded, ServiceError
 
@@ -78,6 +78,7 @@ class Engine:
         self._accepting = True
         self._stop = False
         self._last_emit = 0.0
+        self._timings: dict[str, Timings] = {}  # of requests finished since the last message
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -227,8 +228,11 @@ class Engine:
     def _timed_encode(self, group: list[Request]) -> DecoderState:
         t0 = time.monotonic()
         state = self.batch.encode(group)
+        t1 = time.monotonic()
+        for r in group:
+            r.encode_start, r.encode_end = t0, t1
         with self._cv:
-            self.scheduler.stats.encode_seconds.append(time.monotonic() - t0)
+            self.scheduler.stats.encode_seconds.append(t1 - t0)
         return state
 
     def _decode(self) -> list[Output]:
@@ -255,6 +259,10 @@ class Engine:
             stats.step_rows.append(rows)
             stats.step_seconds.append(now - t0)
             stats.step_cpu_seconds += time.thread_time() - cpu0
+            running = self.scheduler.running
+            self._timings.update(
+                (e.request_id, running[e.request_id].timings(now)) for e in events if e.finished is not None
+            )
             return self.scheduler.update(events, now)
 
     def _emit(self, outputs: list[Output], force: bool = False) -> None:
@@ -268,7 +276,8 @@ class Engine:
                 if stats.empty or not due:
                     return
             self._last_emit = now
-            message = Outputs(outputs, self.scheduler.take_stats())
+            message = Outputs(outputs, self.scheduler.take_stats(), self._timings)
+            self._timings = {}
         self._sink(message)
 
     def _fail_all(self, error: ServiceError) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from service.engine.request import Output, Request
+from service.engine.request import Output, Request, Timings
 
 
 @dataclass
@@ -74,6 +74,7 @@ class Outputs:
 
     outputs: list[Output]
     stats: EngineStats
+    timings: dict[str, Timings] = field(default_factory=dict)  # of the requests that finished, by id
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,8 @@ class Request:
     arrival: float = 0.0  # engine's time.monotonic() at submit
     deadline: float = math.inf
     first_token_at: float | None = None
+    encode_start: float | None = None  # engine's time.monotonic(): its group's encoding began
+    encode_end: float | None = None  # and ended
     error: ServiceError | None = field(default=None, repr=False)  # why it failed
 
     def __post_init__(self) -> None:
@@ -63,6 +65,39 @@ class Request:
     def budget_tokens(self) -> int:
         """Source tokens it holds in the running batch: every row keeps its own copy of the source."""
         return len(self.src_ids) * self.rows
+
+    def timings(self, finished: float) -> Timings:
+        """When it passed each stage, for a request that finished at ``finished``."""
+        assert self.encode_start is not None and self.encode_end is not None  # it was encoded: it finished
+        return Timings(self.arrival, self.encode_start, self.encode_end, finished)
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """When a finished request passed each stage of the engine, in its ``time.monotonic()``.
+
+    Linux's monotonic clock is one clock for every process of a machine, so the HTTP process
+    can place these on its own time line (the access log, trace spans) although an engine
+    process took them.
+    """
+
+    arrival: float  # queued
+    encode_start: float  # admitted: its group's encoding began
+    encode_end: float  # encoded; it joins the batch at the next step
+    finished: float  # its result went out
+
+    @property
+    def queue_s(self) -> float:
+        return self.encode_start - self.arrival
+
+    @property
+    def encode_s(self) -> float:
+        return self.encode_end - self.encode_start
+
+    @property
+    def generation_s(self) -> float:
+        """From the end of its encoding to its result: decoding, including the step it waited to join."""
+        return self.finished - self.encode_end
 
 
 @dataclass(frozen=True, slots=True)
