@@ -2,7 +2,8 @@
 
     python -m training.robustness --model-dir model_store/translate-de-en/2 [--apply]
 
-For val and test, greedy and beam (the manifest's beam size and length penalty), each with
+For val, test and ``val-perturbed`` (val's captions as people type them: first letter in
+lower case, no final period; less like the training data than val is), greedy and beam (the manifest's beam size and length penalty), each with
 ``no_repeat_ngram_size`` 0 (off) and each of ``--sizes``, as the server decodes (the length
 cap follows the source: :func:`~seq2seq.decoding.source_length_cap`):
 
@@ -62,6 +63,11 @@ def length_report(
     }
 
 
+def perturbed(pairs: list[Pair]) -> list[Pair]:
+    """The sources as typed in a hurry: the first letter in lower case and the final period dropped."""
+    return [((s[:1].lower() + s[1:]).rstrip().removesuffix("."), t) for s, t in pairs]
+
+
 def choose(val: dict[str, dict[str, dict[str, Any]]]) -> int:
     """The no-repeat size with the fewest cap hits on val among those that lose no BLEU, greedy or beam."""
     base = val["0"]
@@ -88,7 +94,7 @@ def robustness(model_dir: Path, sizes: tuple[int, ...] = SIZES) -> dict[str, Any
     tuned = m.get("decoding") or {}
     beam = {"beam_size": tuned.get("beam_size", 5), "length_penalty": tuned.get("length_penalty", 1.0)}
     result: dict[str, Any] = {"sizes": [0, *sizes], "beam": beam, "sets": {}}
-    for split, pairs in (("val", corpus.val), ("test", corpus.test)):
+    for split, pairs in (("val", corpus.val), ("test", corpus.test), ("val-perturbed", perturbed(corpus.val))):
         by_size: dict[str, dict[str, dict[str, Any]]] = {}
         for n in (0, *sizes):
             by_size[str(n)] = {}
