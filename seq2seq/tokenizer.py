@@ -16,6 +16,26 @@ import sentencepiece as spm
 from seq2seq.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 UNKNOWN_PIECE_LOGPROB = -20.0  # below any trained piece's score
+SENTENCE_ENDS = ".!?;:…。！？\"'»”)]"
+
+
+def end_sentence(text: str, mark: str | None) -> str:
+    """``text`` ended with ``mark`` unless it already ends a sentence (or ``mark`` is None).
+
+    A model trained on sources that nearly all end with a period learns to end its output
+    after translating it; given a source without one, it may never end (it runs into the
+    length cap). Models like that declare the mark in their manifest
+    (``preprocessing.end_mark``) and get it added to such sources.
+    """
+    stripped = text.rstrip()
+    if mark is None or not stripped or stripped[-1] in SENTENCE_ENDS:
+        return text
+    return stripped + mark
+
+
+def ends_sentence(text: str) -> bool:
+    stripped = text.rstrip()
+    return bool(stripped) and stripped[-1] in SENTENCE_ENDS
 
 
 class TokenizerError(ValueError):

@@ -51,10 +51,18 @@ def table(store: Path) -> str:
     return "\n".join(rows)
 
 
+def _setting(result: dict[str, Any]) -> str:
+    """The decoding defaults ``training.robustness`` chose, in words."""
+    parts = [f"no-repeat {result['chosen']}" if result["chosen"] else "no-repeat off"]
+    if result.get("end_mark"):
+        parts.append(f"end mark `{result['end_mark']}`")
+    return ", ".join(parts)
+
+
 def robustness_table(store: Path) -> str:
     """Cap hits and short outputs without and with each model's no-repeat default (``training.robustness``)."""
     rows = [
-        "| model | no-repeat default | set | greedy: cap hits | greedy: short | greedy BLEU "
+        "| model | defaults chosen on val | set | greedy: cap hits | greedy: short | greedy BLEU "
         "| beam: cap hits | beam: short | beam BLEU |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -63,7 +71,7 @@ def robustness_table(store: Path) -> str:
         result = m.get("robustness")
         if not result:
             continue
-        chosen = str(result["chosen"])
+        chosen = result.get("setting", str(result["chosen"]))
         for split, by_size in result["sets"].items():
             off, on = by_size["0"], by_size[chosen]
             cells = []
@@ -72,7 +80,7 @@ def robustness_table(store: Path) -> str:
                 cells += [f"{a['cap_hits']} → {b['cap_hits']}", f"{a['short']} → {b['short']}"]
                 cells.append(f"{a['bleu']:.2f} → {b['bleu']:.2f}")
             rows.append(
-                f"| `{name}` v{m['version']} | {chosen or 'off'} | {split} ({off['greedy']['sentences']}) | "
+                f"| `{name}` v{m['version']} | {_setting(result)} | {split} ({off['greedy']['sentences']}) | "
                 + " | ".join(cells)
                 + " |"
             )

@@ -11,16 +11,22 @@ cap follows the source: :func:`~seq2seq.decoding.source_length_cap`):
 - ``cap_hits``: outputs that ran into the length cap (loops, nearly always);
 - ``short``: outputs of fewer words than half the source's (truncation).
 
+Each setting is also tried with an end mark (:func:`~seq2seq.tokenizer.end_sentence`: a
+period added to a source that ends no sentence) when nearly all training sources end one
+(:data:`END_MARK_SHARE`): such a model learns to stop after the period.
+
 The model's default is the size with the fewest cap hits on val among those that cost no
-BLEU on val, greedy or beam (0 if none qualifies): never chosen on test. ``--apply`` writes it
-(``decoding.no_repeat_ngram_size``) and the figures (``robustness``) into the manifest, where
-the server and the README's tables read them; the manifest's checksums cover the weights and
+BLEU on val, greedy or beam (0 if none qualifies), and the end mark when the model's training
+sources call for it: never chosen on test. ``--apply`` writes them (``decoding.no_repeat_ngram_size``,
+``preprocessing.end_mark``) and the figures (``robustness``) into the manifest, where the
+server and the README's tables read them; the manifest's checksums cover the weights and
 tokenizers, which do not change.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -31,21 +37,27 @@ import torch
 from seq2seq.checkpoint import MANIFEST, load_model_dir
 from seq2seq.decoding import DecodeParams, FinishReason
 from seq2seq.model import Seq2Seq
-from seq2seq.tokenizer import Tokenizer
+from seq2seq.tokenizer import Tokenizer, ends_sentence
 from training.data import Pair, load_corpus
 from training.scoring import bleu_scores, decode_all
 
 log = logging.getLogger("training.robustness")
 
 SIZES = (3, 4)
+END_MARK_SHARE = 0.95  # of training sources ending a sentence, above which the end mark is tried
 
 
 def length_report(
-    model: Seq2Seq, src_tok: Tokenizer, tgt_tok: Tokenizer, pairs: list[Pair], params: DecodeParams
+    model: Seq2Seq,
+    src_tok: Tokenizer,
+    tgt_tok: Tokenizer,
+    pairs: list[Pair],
+    params: DecodeParams,
+    end_mark: str | None = None,
 ) -> dict[str, Any]:
     """BLEU, chrF, cap hits and short outputs of ``pairs`` decoded with ``params``."""
     sources = [s for s, _ in pairs]
-    hyps = decode_all(model, src_tok, sources, params)
+    hyps = decode_all(model, src_tok, sources, params, end_mark=end_mark)
     outputs = [tgt_tok.decode(h.tokens) for h in hyps]
     scores = bleu_scores(outputs, [t for _, t in pairs])
     short = [i for i, (s, o) in enumerate(zip(sources, outputs, strict=True)) if len(o.split()) < len(s.split()) / 2]
@@ -74,7 +86,7 @@ def choose(val: dict[str, dict[str, dict[str, Any]]]) -> int:
     fine = [
         int(n)
         for n, by_strategy in val.items()
-        if n != "0" and all(by_strategy[s]["bleu"] >= base[s]["bleu"] for s in by_strategy)
+        if n.isdigit() and n != "0" and all(by_strategy[s]["bleu"] >= base[s]["bleu"] for s in by_strategy)
     ]
     if not fine:
         return 0
@@ -93,28 +105,39 @@ def robustness(model_dir: Path, sizes: tuple[int, ...] = SIZES) -> dict[str, Any
     )
     tuned = m.get("decoding") or {}
     beam = {"beam_size": tuned.get("beam_size", 5), "length_penalty": tuned.get("length_penalty", 1.0)}
-    result: dict[str, Any] = {"sizes": [0, *sizes], "beam": beam, "sets": {}}
+    ending = sum(ends_sentence(s) for s, _ in corpus.train) / max(1, len(corpus.train))
+    mark = "." if ending >= END_MARK_SHARE else None
+    result: dict[str, Any] = {"sizes": [0, *sizes], "beam": beam, "train_sources_ending_a_sentence": ending}
+    result["sets"] = {}
     for split, pairs in (("val", corpus.val), ("test", corpus.test), ("val-perturbed", perturbed(corpus.val))):
-        by_size: dict[str, dict[str, dict[str, Any]]] = {}
-        for n in (0, *sizes):
-            by_size[str(n)] = {}
+        by_setting: dict[str, dict[str, dict[str, Any]]] = {}
+        for n, end_mark in itertools.product((0, *sizes), (None, mark) if mark else (None,)):
+            key = f"{n}+{end_mark}" if end_mark else str(n)
+            if end_mark and all(ends_sentence(s) for s, _ in pairs):  # the mark changes nothing here
+                by_setting[key] = by_setting[str(n)]
+                continue
+            by_setting[key] = {}
             for strategy, extra in (("greedy", {}), ("beam", beam)):
                 params = DecodeParams(no_repeat_ngram_size=n, **extra)
-                report = length_report(loaded.model, loaded.source_tokenizer, loaded.target_tokenizer, pairs, params)
-                by_size[str(n)][strategy] = report
+                report = length_report(
+                    loaded.model, loaded.source_tokenizer, loaded.target_tokenizer, pairs, params, end_mark
+                )
+                by_setting[key][strategy] = report
                 log.info(
-                    "%s %s, no-repeat %d: BLEU %.2f, chrF %.2f, %d cap hits, %d short of %d",
+                    "%s %s, %s: BLEU %.2f, chrF %.2f, %d cap hits, %d short of %d",
                     split,
                     strategy,
-                    n,
+                    f"no-repeat {n}" + (f", end mark {end_mark!r}" if end_mark else ""),
                     report["bleu"],
                     report["chrf"],
                     report["cap_hits"],
                     report["short"],
                     len(pairs),
                 )
-        result["sets"][split] = by_size
+        result["sets"][split] = by_setting
     result["chosen"] = choose(result["sets"]["val"])
+    result["end_mark"] = mark
+    result["setting"] = f"{result['chosen']}+{mark}" if mark else str(result["chosen"])  # what serves
     return result
 
 
@@ -123,6 +146,8 @@ def apply(model_dir: Path, result: dict[str, Any]) -> None:
     path = model_dir / MANIFEST
     manifest = json.loads(path.read_text())
     manifest["decoding"] = {**(manifest.get("decoding") or {}), "no_repeat_ngram_size": result["chosen"]}
+    preprocessing = {k: v for k, v in (manifest.get("preprocessing") or {}).items() if k != "end_mark"}
+    manifest["preprocessing"] = {**preprocessing, **({"end_mark": result["end_mark"]} if result["end_mark"] else {})}
     manifest["robustness"] = result
     path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
 

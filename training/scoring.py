@@ -12,17 +12,23 @@ from sacrebleu.metrics import BLEU, CHRF
 from seq2seq.decoding import DecodeParams, source_length_cap
 from seq2seq.generation import GenerationRequest, Hypothesis, generate
 from seq2seq.model import Seq2Seq
-from seq2seq.tokenizer import Tokenizer
+from seq2seq.tokenizer import Tokenizer, end_sentence
 
 
 def decode_all(
-    model: Seq2Seq, src_tok: Tokenizer, sources: list[str], params: DecodeParams, max_rows: int = 96
+    model: Seq2Seq,
+    src_tok: Tokenizer,
+    sources: list[str],
+    params: DecodeParams,
+    max_rows: int = 96,
+    end_mark: str | None = None,
 ) -> list[Hypothesis]:
     """The best hypothesis for each source, as the server decodes it: ``params.max_length`` is
-    also capped by the source's length (:func:`~seq2seq.decoding.source_length_cap`)."""
+    also capped by the source's length (:func:`~seq2seq.decoding.source_length_cap`), and
+    ``end_mark`` ends sources that end no sentence (:func:`~seq2seq.tokenizer.end_sentence`)."""
     requests = []
     for i, source in enumerate(sources):
-        ids = src_tok.encode(source)
+        ids = src_tok.encode(end_sentence(source, end_mark))
         cap = min(params.max_length, source_length_cap(len(ids)))
         requests.append(GenerationRequest(str(i), ids, dataclasses.replace(params, max_length=cap)))
     results = generate(model, requests, max_rows=max_rows)

@@ -19,10 +19,32 @@ from service.deps import EngineFactoryDep, MetricsDep, RegistryDep, SettingsDep
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.registry import EngineFactory, Registry
-from service.schemas import AdminModel, AdminModelList, AdminVersion, LoadRequest, ReloadResponse, ReloadResult
+from service.schemas import (
+    AdminModel,
+    AdminModelList,
+    AdminVersion,
+    ErrorBody,
+    LoadRequest,
+    ReloadResponse,
+    ReloadResult,
+)
 
 log = logging.getLogger("service.admin")
 router = APIRouter(prefix="/admin", tags=["admin"])
+
+LOAD_ERRORS = {
+    404: {"model": ErrorBody, "description": "the model, or that version of it, is not in the store"},
+    413: ERROR_RESPONSES[413],
+    422: {
+        "model": ErrorBody,
+        "description": "invalid body, or the version does not verify or load (model_load_failed)",
+    },
+}
+UNLOAD_ERRORS = {
+    404: {"model": ErrorBody, "description": "the model is not loaded"},
+    409: {"model": ErrorBody, "description": "the model is required for readiness (--required-models)"},
+}
+RELOAD_ERRORS = {422: {"model": ErrorBody, "description": "the API keys file does not parse; nothing changed"}}
 
 
 def admin_model(name: str, registry: Registry, on_disk: list[str]) -> AdminModel:
@@ -86,7 +108,7 @@ async def list_models(registry: RegistryDep) -> AdminModelList:
     )
 
 
-@router.post("/models/{name}/load", response_model=AdminModel, responses=ERROR_RESPONSES)
+@router.post("/models/{name}/load", response_model=AdminModel, responses=LOAD_ERRORS)
 async def load(
     name: str,
     request: Request,
@@ -117,7 +139,7 @@ def _count_load(metrics: Metrics, name: str, outcome: str) -> None:
     metrics.model_loads.labels(name, outcome).inc()
 
 
-@router.post("/models/{name}/unload", response_model=AdminModel, responses=ERROR_RESPONSES)
+@router.post("/models/{name}/unload", response_model=AdminModel, responses=UNLOAD_ERRORS)
 async def unload(
     name: str, request: Request, registry: RegistryDep, settings: SettingsDep, metrics: MetricsDep
 ) -> AdminModel:
@@ -134,7 +156,7 @@ async def unload(
     return _admin_view(name, registry)
 
 
-@router.post("/reload", response_model=ReloadResponse, responses=ERROR_RESPONSES)
+@router.post("/reload", response_model=ReloadResponse, responses=RELOAD_ERRORS)
 async def reload(
     request: Request, registry: RegistryDep, settings: SettingsDep, metrics: MetricsDep, factory: EngineFactoryDep
 ) -> ReloadResponse:
