@@ -17,11 +17,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from service import tracing
 from service.api import chat, health, models, openapi, prometheus, translate, ui
 from service.api.errors import install_error_handlers
+from service.auth import AuthMiddleware, KeyStore
 from service.engine.client import EngineClient, LocalEngine
 from service.engine.loader import freeze_startup_heap, torch_threads
 from service.engine.process import EngineProcess
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
+from service.ratelimit import RATE_LIMIT_HEADERS
 from service.registry import EngineFactory, ModelEntry, Registry
 from service.settings import Settings
 
@@ -48,10 +50,12 @@ def create_app(
     """``tracer_provider``: trace with it (service/tracing.py); by default only with ``OTEL_EXPORTER_OTLP_ENDPOINT``."""
     settings = settings or Settings()
     metrics = Metrics()
+    keys = KeyStore(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(torch_threads(settings))
+        unwatch_keys = keys.reload_on_sighup()
         registry = Registry(Path(settings.model_store), settings.models, settings.required_models)
         app.state.registry = registry
         factory = engine_factory(settings, metrics, asyncio.get_running_loop())
@@ -75,6 +79,7 @@ def create_app(
             yield
         finally:  # also when the app's host fails: engines and their processes never outlive it
             registry.draining = True
+            unwatch_keys()
             await asyncio.to_thread(registry.stop, settings.shutdown_grace_s)
 
     app = FastAPI(
@@ -86,18 +91,21 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.keys = keys
     install_error_handlers(app)
     openapi.install(app, settings)
     for module in (translate, chat, models, health, prometheus, ui):
         app.include_router(module.router)
+    if keys.enabled:  # inside the request context: a 401 gets a request id, the log line the key's name
+        app.add_middleware(AuthMiddleware, keys=keys, settings=settings, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:  # outermost, so every reply (errors too) carries the CORS headers
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["content-type", "x-request-id"],
-            expose_headers=["x-request-id", "retry-after"],
+            allow_headers=["content-type", "x-request-id", "authorization"],
+            expose_headers=["x-request-id", "retry-after", "www-authenticate", *RATE_LIMIT_HEADERS],
         )
     app.state.tracer = tracing.install(app, tracer_provider)  # the server span encloses every middleware
     return app

@@ -5,9 +5,13 @@
     ServiceError
      ├── InvalidRequest         422  invalid_request
      ├── PayloadTooLarge        413  payload_too_large
+     ├── Unauthorized           401  unauthorized        (+ WWW-Authenticate: Bearer; missing or unknown API key)
+     ├── Forbidden              403  forbidden           (the API key lacks the route's scope)
+     ├── KeysFileInvalid        422  invalid_keys_file   (a reload found the API keys file invalid)
      ├── NotFound               404  not_found
      │    └── ModelNotFound     404  model_not_found
-     ├── Overloaded             429  overloaded          (+ Retry-After)
+     ├── Overloaded             429  overloaded          (+ Retry-After; the model's queue is full)
+     ├── RateLimited            429  rate_limited        (+ Retry-After, RateLimit-*; the API key's limit)
      ├── DeadlineExceeded       504  deadline_exceeded
      ├── EngineUnavailable      503  unavailable         (loading, draining, dead worker)
      ├── ClientClosedRequest    499  client_closed       (only logged: nobody is left to read it)
@@ -54,6 +58,34 @@ class PayloadTooLarge(ServiceError):
     code = "payload_too_large"
 
 
+class Unauthorized(ServiceError):
+    """No API key, or one the server does not know. ``error`` is RFC 6750's code for the header
+    (``invalid_token`` for an unknown key; none when the request carried no key at all)."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, error: str | None = None, **kwargs: Any) -> None:
+        challenge = 'Bearer realm="seq2seq-serve"' + (f', error="{error}"' if error else "")
+        super().__init__(message, headers={"WWW-Authenticate": challenge}, **kwargs)
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+    code = "forbidden"
+
+    def __init__(self, message: str, scope: str, **kwargs: Any) -> None:
+        challenge = f'Bearer realm="seq2seq-serve", error="insufficient_scope", scope="{scope}"'
+        super().__init__(message, headers={"WWW-Authenticate": challenge}, **kwargs)
+
+
+class KeysFileInvalid(ServiceError):
+    """The API keys file does not parse; the keys in force stay as they were."""
+
+    status_code = 422
+    code = "invalid_keys_file"
+
+
 class NotFound(ServiceError):
     status_code = 404
     code = "not_found"
@@ -69,6 +101,18 @@ class Overloaded(ServiceError):
 
     def __init__(self, message: str, retry_after_s: int, **kwargs: Any) -> None:
         super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))}, **kwargs)
+        self.retry_after_s = max(1, retry_after_s)
+
+
+class RateLimited(ServiceError):
+    """The API key used up its requests or generated tokens for now (its token bucket is empty);
+    unlike :class:`Overloaded`, other keys are still served."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int, headers: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s)), **headers}, **kwargs)
         self.retry_after_s = max(1, retry_after_s)
 
 

@@ -70,6 +70,16 @@ class Metrics:
         self.engine_restarts = Counter(
             "seq2seq_engine_restarts", "engines restarted after their worker or process died", ["model"], registry=r
         )
+        # By API key name (service/auth.py), when keys are on.
+        self.key_requests = Counter(
+            "seq2seq_api_key_requests", "HTTP requests by API key name and status", ["key", "status"], registry=r
+        )
+        self.key_generated_tokens = Counter(
+            "seq2seq_api_key_generated_tokens", "tokens generated for each API key", ["key"], registry=r
+        )
+        self.rate_limited = Counter(
+            "seq2seq_rate_limited", "requests refused by their API key's rate limit", ["key"], registry=r
+        )
 
     def record_engine(self, model: str, stats: EngineStats) -> None:
         """Add what an engine reported (:class:`~service.engine.messages.EngineStats`) to the metrics."""

@@ -117,10 +117,14 @@ class RequestContextMiddleware:
         state = scope.get("state", {})
         self.metrics.requests.labels(route, str(status)).inc()
         self.metrics.latency.labels(route).observe(latency)
+        key = state.get("api_key")  # the API key's name (service/auth.py), never the key
+        if key is not None:
+            self.metrics.key_requests.labels(key, str(status)).inc()
         fields = {
             "request_id": request_id,
             "method": scope.get("method"),
             "route": route,
+            "key": key,
             "model": state.get("model"),
             "version": state.get("model_version"),
             "status": status,

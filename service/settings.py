@@ -10,12 +10,13 @@ import logging
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 from seq2seq.optimize import DType, Quantization, dtype_fits
+from service.auth import check_key, read_keys_file
 
 DEFAULT_MODEL_STORE = Path(__file__).resolve().parents[1] / "model_store"
 
@@ -27,7 +28,10 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SEQ2SEQ_", extra="forbid", protected_namespaces=())
+    # Errors never echo their input: it may hold API keys.
+    model_config = SettingsConfigDict(
+        env_prefix="SEQ2SEQ_", extra="forbid", protected_namespaces=(), hide_input_in_errors=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -105,13 +109,35 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="allowed browser origins, comma-separated; empty: CORS off"
     )
+
+    # API keys and rate limits (service/auth.py, service/ratelimit.py); any key turns them on
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="API keys with the infer scope (/translate, /chat, /models), comma-separated; "
+        "give them in the environment or --api-keys-file, since a flag shows in ps",
+    )
+    admin_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="API keys with the admin scope (/admin/*), comma-separated"
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="API keys, one per line: NAME KEY SCOPES [rps=R] [burst=B] [tokens_per_min=T] "
+        "(SCOPES: infer, admin or infer,admin); re-read on SIGHUP",
+    )
+    metrics_access: Literal["open", "key"] = Field("open", description="/metrics with API keys on: open, or any key")
+    docs_access: Literal["open", "key"] = Field(
+        "open", description="/docs, /redoc and /openapi.json with API keys on: open, or any key"
+    )
+    rate_limit_rps: float = Field(0.0, ge=0, description="requests per second per API key; 0: no limit")
+    rate_limit_burst: int = Field(0, ge=0, description="requests at once per API key; 0: the rate, rounded up")
+    rate_limit_tokens_per_min: int = Field(0, ge=0, description="generated tokens per minute per API key; 0: no limit")
     shutdown_grace_s: float = Field(20.0, ge=0, description="SIGTERM: time to finish in-flight requests")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = Field(
         "text", description="json: one JSON object per line (an access line carries the request's fields as keys)"
     )
 
-    @field_validator("models", "required_models", "cors_origins", mode="before")
+    @field_validator("models", "required_models", "cors_origins", "api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -124,6 +150,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_beam_size ({self.max_beam_size}) must not exceed max_batch_rows ({self.max_batch_rows})"
             )
+        limited = self.rate_limit_rps or self.rate_limit_burst or self.rate_limit_tokens_per_min
+        if limited and not self.auth_enabled:
+            raise ValueError("rate limits are per API key: give api_keys, admin_api_keys or api_keys_file")
+        if self.rate_limit_burst and not self.rate_limit_rps:
+            raise ValueError("rate_limit_burst needs rate_limit_rps")
         if self.quantize == "int8" and (self.device == "cuda" or not dtype_fits(self.quantize, self.dtype)):
             raise ValueError(
                 "quantize=int8 runs on the CPU with float32 activations (device cpu/auto, dtype auto/float32)"
@@ -136,6 +167,24 @@ class Settings(BaseSettings):
         if not value.is_dir():
             raise ValueError(f"model store {value} is not a directory")
         return value
+
+    @field_validator("api_keys", "admin_api_keys")
+    @classmethod
+    def _keys_valid(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for key in value:
+            check_key(key.get_secret_value())
+        return value
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _keys_file_valid(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_keys_file(value)  # fail at start-up, naming the line
+        return value
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys or self.admin_api_keys or self.api_keys_file)
 
 
 def configure_logging(settings: Settings) -> None:

@@ -24,6 +24,7 @@ from seq2seq.generation import Hypothesis
 from seq2seq.tokenizer import IncrementalDetokenizer, Tokenizer
 from service.api.errors import ERROR_RESPONSES
 from service.api.inference import Prepared, disconnected, prepare, record, submit, wait_all
+from service.auth import client_name
 from service.deps import RegistryDep, SettingsDep
 from service.engine.client import RequestStream
 from service.engine.request import Output, RequestFailed
@@ -69,7 +70,8 @@ async def chat(body: ChatRequest, request: Request, registry: RegistryDep, setti
     """Reply to ``message``. With ``stream: true`` the reply arrives token by token as SSE."""
     entry = registry.resolve("chat", body.model, None, body.language, body.message)
     request.state.model = entry.name
-    prepared = prepare(entry, registry, [source_text(body, entry.manifest)], ["message"], body, settings, body.stream)
+    source = [source_text(body, entry.manifest)]
+    prepared = prepare(entry, registry, source, ["message"], body, settings, body.stream, client=client_name(request))
     streams = submit(prepared)
     tokenizer = prepared.engine.info.target_tokenizer
     if not body.stream:

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from service.api.errors import ERROR_RESPONSES
 from service.api.inference import prepare, submit, wait_all
+from service.auth import client_name
 from service.deps import RegistryDep, SettingsDep
 from service.errors import InvalidRequest
 from service.schemas import Alternative, TranslateRequest, TranslateResponse, Translation, Usage
@@ -22,7 +23,7 @@ async def translate(body: TranslateRequest, request: Request, registry: Registry
     entry = registry.resolve("translate", body.model, body.source_lang, body.target_lang, " ".join(texts))
     request.state.model = entry.name
     fields = ["text"] if body.text is not None else [f"texts[{i}]" for i in range(len(texts))]
-    prepared = prepare(entry, registry, texts, fields, body, settings)
+    prepared = prepare(entry, registry, texts, fields, body, settings, client=client_name(request))
     results = await wait_all(prepared, submit(prepared), request)
     tokenizer = prepared.engine.info.target_tokenizer
     translations = []

@@ -7,6 +7,14 @@ The engine joins the encoded ones to its batch (:meth:`Scheduler.joined`: ``runn
 steps it and hands the step's events back to :meth:`Scheduler.update`, which finishes
 requests and decides what goes out. Nothing else changes a request's status.
 
+Admission takes turns between clients (a request's ``client``, the name of its API key): the
+next request admitted is the oldest of the client whose turn it is, and a client that got
+one goes to the back of the line. So a client that floods the queue gets one request in for
+every one of each other waiting client, instead of all the rows in arrival order; within a
+client, and with a single client (no API keys), admission is first come, first served. The
+queue bound (``max_queue``) is one for all clients: keeping a key from filling it is the
+rate limits' job (service/ratelimit.py).
+
 Admission policies:
 
 - ``continuous``: admit at any step while the row and token budgets allow; a new
@@ -72,7 +80,9 @@ class Scheduler:
         self.max_queue = max_queue
         self.max_delay_s = max_delay_s  # static
         self.admit_delay_s = admit_delay_s  # continuous, while a batch runs
-        self.waiting: deque[Request] = deque()
+        self.waiting: deque[Request] = deque()  # every waiting request, in arrival order
+        # The same requests by client, in arrival order; the dict's order is the clients' turns.
+        self._queues: dict[str, deque[Request]] = {}
         self.running: dict[str, Request] = {}  # admitted: encoding, or in the batch
         self.rows = 0  # decoder rows of the running requests
         self.tokens = 0  # source tokens they hold (budget_tokens)
@@ -93,6 +103,7 @@ class Scheduler:
             raise QueueFull(f"{len(self.waiting)} requests waiting (limit {self.max_queue})")
         for r in requests:
             r.arrival, r.deadline, r.status = now, now + r.timeout_s, RequestStatus.WAITING
+            self._queues.setdefault(r.client, deque()).append(r)
         self.waiting.extend(requests)
 
     def retry_after_s(self) -> int:
@@ -119,6 +130,10 @@ class Scheduler:
     def _end(self, request: Request, status: RequestStatus, error: ServiceError | None = None) -> None:
         if request.status is RequestStatus.WAITING:
             self.waiting.remove(request)
+            queue = self._queues[request.client]
+            queue.remove(request)
+            if not queue:
+                del self._queues[request.client]
         else:
             del self.running[request.id]
             self.rows -= request.rows
@@ -199,22 +214,33 @@ class Scheduler:
         if self.rows:  # static and none run a batch to completion before the next
             return [], None
         if self.policy == "none":
-            return [self.waiting.popleft()], None
+            return [self._pop_next()], None
         waited = now - self.waiting[0].arrival
         if sum(r.rows for r in self.waiting) < self.max_rows and waited < self.max_delay_s:
             return [], self.max_delay_s - waited
         return self._fill(), None
 
     def _fill(self) -> list[Request]:
-        """FIFO admission within the budgets; an empty batch always takes at least one request."""
+        """Admission by turns within the budgets; an empty batch always takes at least one request.
+        A request that does not fit keeps its client's turn: it goes first once rows are free."""
         admitted: list[Request] = []
         rows, tokens = self.rows, self.tokens
-        while self.waiting:
-            r = self.waiting[0]
+        while self._queues:
+            r = next(iter(self._queues.values()))[0]
             fits = rows + r.rows <= self.max_rows and tokens + r.budget_tokens <= self.max_tokens
             if not fits and (rows or admitted):
                 break
-            admitted.append(self.waiting.popleft())
+            admitted.append(self._pop_next())
             rows += r.rows
             tokens += r.budget_tokens
         return admitted
+
+    def _pop_next(self) -> Request:
+        """The oldest request of the client whose turn it is; that client goes to the back of the line."""
+        client, queue = next(iter(self._queues.items()))
+        r = queue.popleft()
+        del self._queues[client]
+        if queue:
+            self._queues[client] = queue
+        self.waiting.remove(r)
+        return r

@@ -176,3 +176,35 @@ def test_fail_ends_live_requests_once() -> None:
     assert all(r.status is RequestStatus.FAILED and r.error is error for r in plan.admit)
     s.add([req("c")], 0)
     assert ids(s.fail_all(error)) == ["c"] and not s.has_work
+
+
+def test_admission_takes_turns_between_clients() -> None:
+    """A client that floods the queue gets one request in per turn, not every free row."""
+
+    def client_req(rid: str, client: str) -> Request:
+        r = req(rid)
+        r.client = client
+        return r
+
+    s = Scheduler("continuous", max_rows=4, max_tokens=1000, max_queue=30)
+    s.add([client_req(f"f{i}", "flood") for i in range(20)], 0)
+    s.add([client_req("b0", "b"), client_req("b1", "b")], 0)
+    s.add([client_req("c0", "c")], 0)
+    assert run(s, 0) == ["f0", "b0", "c0", "f1"]  # arrival order would have been f0..f3
+    s.update([finish(rid) for rid in ["f0", "b0", "c0", "f1"]], 0)
+    assert run(s, 0) == ["b1", "f2", "f3", "f4"]  # b's turn came before flood's; c has nothing left
+    s.add([client_req("c1", "c")], 0)  # a client that comes back joins the end of the line
+    s.abort(["f5"])  # a request that leaves the queue leaves its client's turn too
+    s.update([finish(rid) for rid in ["b1", "f2"]], 0)
+    assert run(s, 0) == ["f6", "c1"]
+    assert len(s.waiting) == 13 and s.rows == 4
+
+
+def test_a_request_that_does_not_fit_keeps_its_clients_turn() -> None:
+    s = Scheduler("continuous", max_rows=4, max_tokens=1000, max_queue=30)
+    a, big, small = req("a", rows=3), req("big", rows=2), req("small")
+    big.client, small.client = "x", "y"
+    s.add([a, big, small], 0)
+    assert run(s, 0) == ["a"]  # big (x's turn) does not fit in the one free row; small waits behind it
+    s.update([finish("a")], 0)
+    assert run(s, 0) == ["big", "small"]
