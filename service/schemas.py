@@ -74,6 +74,11 @@ class TranslateRequest(DecodingOptions):
     model: Text | None = Field(None, description="model name; default: chosen by source_lang/target_lang")
     source_lang: Text | None = Field(None, examples=["de"])
     target_lang: Text | None = Field(None, examples=["en"])
+    return_attention: StrictBool = Field(
+        False,
+        description="return each translation's (and alternative's) attention matrix: the decoder's attention "
+        "weights over the source pieces at each generated piece; attention models only",
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> TranslateRequest:
@@ -106,9 +111,21 @@ class TranslateRequest(DecodingOptions):
     )
 
 
+class Attention(BaseModel):
+    """Where the decoder looked: Luong "general" attention weights, one row per target piece."""
+
+    source: list[str] = Field(description="the source pieces, as the model's tokenizer cut the text")
+    target: list[str] = Field(description="the generated pieces (end-of-sequence excluded)")
+    weights: list[list[float]] = Field(
+        description="target x source: row i is the attention over the source pieces at the step that produced "
+        "target piece i; each row sums to 1 (up to the rounding to 3 decimals)"
+    )
+
+
 class Alternative(BaseModel):
     text: str
     score: float = Field(description="sum of token log-probabilities")
+    attention: Attention | None = Field(None, description="with return_attention")
 
 
 class Translation(Alternative):

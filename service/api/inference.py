@@ -52,10 +52,24 @@ class Prepared:
         return self.timeout_s + DEADLINE_MARGIN_S
 
 
+def check_attention(entry: ModelEntry) -> None:
+    """Attention weights exist only in attention models: the others' decoders see the source
+    through one fixed vector, and there is nothing to return."""
+    architecture = (entry.manifest.get("model") or {}).get("architecture")
+    if architecture != "attention":
+        raise InvalidRequest(
+            f"return_attention needs an attention model; {entry.name} is a {architecture} model, whose decoder "
+            "sees the source only as one fixed vector",
+            details={"architecture": architecture},
+        )
+
+
 def check_text(text: str, field: str, settings: Settings) -> str:
     if len(text) > settings.max_text_chars:
         raise InvalidRequest(f"{field} has {len(text)} characters; the limit is {settings.max_text_chars}")
-    return text.strip()
+    # Not str.strip(): the tokenizers drop outer whitespace themselves, and Python's whitespace
+    # includes U+0085, which they keep (the schema accepts a text of it alone).
+    return text
 
 
 def decode_params(options: DecodingOptions, src_len: int, vocab_size: int, settings: Settings) -> DecodeParams:
@@ -89,11 +103,11 @@ def prepare(
     options: DecodingOptions,
     settings: Settings,
     stream_tokens: bool = False,
-    client: str = "",
+    return_attention: bool = False,
 ) -> Prepared:
     """Check and tokenize ``texts`` for ``entry``'s model; nothing is queued yet.
     ``stream_tokens``: the requests' streams get every token as it is decoded;
-    ``client``: the name of the API key that sent them, by which the engine takes turns."""
+    ``return_attention``: their hypotheses carry the attention weights (see :func:`check_attention`)."""
     engine = registry.engine(entry)
     tokenizer = engine.info.source_tokenizer
     timeout_s = options.timeout or settings.request_timeout_s
@@ -107,7 +121,7 @@ def prepare(
         if not ids:  # the schema's pattern knows nmt_nfkc; a model trained with other normalisation may differ
             raise InvalidRequest(f"{field} has no translatable content")
         params = decode_params(options, len(ids), engine.info.target_tokenizer.vocab_size, settings)
-        requests.append(Request(uuid.uuid4().hex, ids, params, timeout_s, stream_tokens, client=client))
+        requests.append(Request(uuid.uuid4().hex, ids, params, timeout_s, stream_tokens, return_attention))
     return Prepared(entry, engine, requests)
 
 
