@@ -104,10 +104,12 @@ def prepare(
     settings: Settings,
     stream_tokens: bool = False,
     return_attention: bool = False,
+    client: str = "",
 ) -> Prepared:
     """Check and tokenize ``texts`` for ``entry``'s model; nothing is queued yet.
     ``stream_tokens``: the requests' streams get every token as it is decoded;
-    ``return_attention``: their hypotheses carry the attention weights (see :func:`check_attention`)."""
+    ``return_attention``: their hypotheses carry the attention weights (see :func:`check_attention`);
+    ``client``: the name of the API key that sent them, by which the engine takes turns."""
     engine = registry.engine(entry)
     tokenizer = engine.info.source_tokenizer
     timeout_s = options.timeout or settings.request_timeout_s
@@ -121,7 +123,7 @@ def prepare(
         if not ids:  # the schema's pattern knows nmt_nfkc; a model trained with other normalisation may differ
             raise InvalidRequest(f"{field} has no translatable content")
         params = decode_params(options, len(ids), engine.info.target_tokenizer.vocab_size, settings)
-        requests.append(Request(uuid.uuid4().hex, ids, params, timeout_s, stream_tokens, return_attention))
+        requests.append(Request(uuid.uuid4().hex, ids, params, timeout_s, stream_tokens, return_attention, client))
     return Prepared(entry, engine, requests)
 
 

@@ -8,6 +8,7 @@ from seq2seq.generation import Hypothesis
 from seq2seq.tokenizer import Tokenizer
 from service.api.errors import ERROR_RESPONSES
 from service.api.inference import check_attention, prepare, submit, wait_all
+from service.auth import client_name
 from service.deps import RegistryDep, SettingsDep
 from service.errors import InvalidRequest
 from service.schemas import Alternative, Attention, TranslateRequest, TranslateResponse, Translation, Usage
@@ -35,7 +36,16 @@ async def translate(body: TranslateRequest, request: Request, registry: Registry
     if body.return_attention:
         check_attention(entry)
     fields = ["text"] if body.text is not None else [f"texts[{i}]" for i in range(len(texts))]
-    prepared = prepare(entry, registry, texts, fields, body, settings, return_attention=body.return_attention)
+    prepared = prepare(
+        entry,
+        registry,
+        texts,
+        fields,
+        body,
+        settings,
+        return_attention=body.return_attention,
+        client=client_name(request),
+    )
     results = await wait_all(prepared, submit(prepared), request)
     tokenizer = prepared.engine.info.target_tokenizer
     translations = []

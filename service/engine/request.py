@@ -45,6 +45,7 @@ class Request:
     timeout_s: float  # deadline for queue + generation, from submit
     stream_tokens: bool = False  # the client wants every token as it is decoded, not only the result
     return_attention: bool = False  # its hypotheses carry the attention weights (attention models)
+    client: str = ""  # name of the API key that sent it ("" without keys): admission takes turns between clients
     status: RequestStatus = RequestStatus.WAITING
     arrival: float = 0.0  # engine's time.monotonic() at submit
     deadline: float = math.inf
