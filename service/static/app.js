@@ -408,6 +408,173 @@ async function loadModels() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Attention: a translation's matrix ("return_attention": true) as a heatmap. A grid with the
+// output pieces down and the source pieces across; each cell's shade is an SVG attribute (the
+// page's Content-Security-Policy allows no inline styles). Pointing at an output piece lights up
+// the source pieces it looked at, and the reverse. One tab stop: the arrow keys, Home and End
+// move between the pieces and the cells (roving tabindex, as in the WAI-ARIA grid pattern).
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+const LINK_LEVELS = [0.1, 0.25, 0.5, 0.75]; // weight thresholds of the classes link-1 .. link-4
+
+function pieceText(piece) {
+  return piece.replace(/^▁/, "") || "␣"; // "▁" starts a word in SentencePiece
+}
+
+function percent(weight) {
+  return `${Math.round(weight * 100)}%`;
+}
+
+function argmax(values) {
+  return values.reduce((best, value, i) => (value > values[best] ? i : best), 0);
+}
+
+function shade(weight) {
+  const svg = document.createElementNS(SVG_NS, "svg");
+  svg.setAttribute("viewBox", "0 0 1 1");
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("aria-hidden", "true");
+  const rect = document.createElementNS(SVG_NS, "rect");
+  rect.setAttribute("width", "1");
+  rect.setAttribute("height", "1");
+  rect.setAttribute("fill-opacity", String(weight));
+  svg.append(rect);
+  return svg;
+}
+
+function attentionGrid({ source, target, weights }, lang, sourceLang) {
+  const src = source.map(pieceText);
+  const tgt = target.map(pieceText);
+  const column = (j) => weights.map((row) => row[j]);
+  const head = el(
+    "tr",
+    {},
+    el("td", { class: "corner" }),
+    ...src.map((piece, j) => {
+      const i = argmax(column(j));
+      return el(
+        "th",
+        {
+          scope: "col",
+          class: "src",
+          lang: sourceLang,
+          tabindex: -1,
+          "data-row": -1,
+          "data-col": j,
+          "aria-label": `source “${piece}”: most looked at for “${tgt[i]}” (${percent(weights[i][j])})`,
+        },
+        el("span", { text: piece }),
+      );
+    }),
+  );
+  const rows = tgt.map((piece, i) => {
+    const j = argmax(weights[i]);
+    return el(
+      "tr",
+      {},
+      el("th", {
+        scope: "row",
+        class: "tgt",
+        lang,
+        tabindex: -1,
+        "data-row": i,
+        "data-col": -1,
+        "aria-label": `output “${piece}”: looked most at “${src[j]}” (${percent(weights[i][j])})`,
+        text: piece,
+      }),
+      ...weights[i].map((weight, j) =>
+        el(
+          "td",
+          { tabindex: -1, "data-row": i, "data-col": j, "aria-label": `“${piece}” ← “${src[j]}”: ${percent(weight)}` },
+          shade(weight),
+        ),
+      ),
+    );
+  });
+  const grid = el(
+    "table",
+    { class: "attention-grid", role: "grid", "aria-readonly": "true", "aria-label": "Attention: output pieces down, source pieces across" },
+    el("thead", {}, head),
+    el("tbody", {}, ...rows),
+  );
+  (grid.querySelector("th.tgt") || grid.querySelector("th.src")).tabIndex = 0;
+  return grid;
+}
+
+/** Light up what the piece or cell at (row, col) links to; row or col -1 is a source or output piece. */
+function highlightAttention(figure, weights, row, col) {
+  for (const node of figure.querySelectorAll(".on, [class*='link-']")) {
+    node.classList.remove("on", "link-1", "link-2", "link-3", "link-4");
+  }
+  const readout = $(".attention-readout", figure);
+  if (row === null) {
+    readout.textContent = readout.dataset.hint;
+    return;
+  }
+  const cell = figure.querySelector(`[data-row="${row}"][data-col="${col}"]`);
+  const label = (node) => node.getAttribute("aria-label");
+  cell.classList.add("on");
+  const link = (node, weight) => {
+    const level = LINK_LEVELS.filter((t) => weight >= t).length;
+    if (level) node.classList.add(`link-${level}`);
+  };
+  if (row >= 0 && col >= 0) {
+    figure.querySelector(`th.tgt[data-row="${row}"]`).classList.add("on");
+    figure.querySelector(`th.src[data-col="${col}"]`).classList.add("on");
+  } else if (row >= 0) {
+    figure.querySelectorAll("th.src").forEach((th, j) => link(th, weights[row][j]));
+  } else {
+    figure.querySelectorAll("th.tgt").forEach((th, i) => link(th, weights[i][col]));
+  }
+  readout.textContent = label(cell);
+}
+
+function moveInGrid(grid, from, key, rows, cols) {
+  let row = Number(from.dataset.row);
+  let col = Number(from.dataset.col);
+  if (key === "ArrowDown") row = Math.min(row + 1, rows - 1);
+  else if (key === "ArrowUp") row = Math.max(row - 1, col < 0 ? 0 : -1);
+  else if (key === "ArrowRight") col = Math.min(col + 1, cols - 1);
+  else if (key === "ArrowLeft") col = Math.max(col - 1, row < 0 ? 0 : -1);
+  else if (key === "Home") col = row < 0 ? 0 : -1;
+  else if (key === "End") col = cols - 1;
+  else return null;
+  return grid.querySelector(`[data-row="${row}"][data-col="${col}"]`);
+}
+
+function attentionView(attention, lang, sourceLang) {
+  const hint = "Point at or focus a piece (Tab, then the arrow keys) to see where the model looked.";
+  const figure = el("figure", { class: "attention" });
+  const caption = el("figcaption", { text: "Attention: each output piece (down) over the source pieces (across)" });
+  if (!attention.target.length) {
+    figure.append(caption, el("p", { class: "muted", text: "No output pieces." }));
+    return figure;
+  }
+  const grid = attentionGrid(attention, lang, sourceLang);
+  const readout = el("p", { class: "attention-readout", "data-hint": hint, text: hint });
+  figure.append(caption, el("div", { class: "attention-scroll" }, grid), readout);
+  const position = (node) => (node ? [Number(node.dataset.row), Number(node.dataset.col)] : null);
+  const show = (node) => highlightAttention(figure, attention.weights, ...(position(node) || [null, null]));
+  const target = (event) => event.target.closest("[data-row]");
+  grid.addEventListener("mouseover", (event) => show(target(event)));
+  grid.addEventListener("mouseleave", () => show(grid.contains(document.activeElement) ? document.activeElement : null));
+  grid.addEventListener("focusin", (event) => show(target(event)));
+  grid.addEventListener("focusout", (event) => {
+    if (!grid.contains(event.relatedTarget)) show(null);
+  });
+  grid.addEventListener("keydown", (event) => {
+    const from = target(event);
+    const next = from && moveInGrid(grid, from, event.key, attention.target.length, attention.source.length);
+    if (!next) return;
+    event.preventDefault();
+    from.tabIndex = -1;
+    next.tabIndex = 0;
+    next.focus();
+  });
+  return figure;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Translate
 
 const translateForm = $("#translate-form");
@@ -415,7 +582,7 @@ const translateText = $("#translate-text");
 const translateResult = $("#translate-result");
 const translateError = $("#translate-error");
 
-function translationView(translation, lang, source) {
+function translationView(translation, lang, source, sourceLang) {
   const view = el(
     "article",
     { class: "translation" },
@@ -438,6 +605,7 @@ function translationView(translation, lang, source) {
       ),
     );
   }
+  if (translation.attention) view.append(attentionView(translation.attention, lang, sourceLang));
   return view;
 }
 
@@ -452,6 +620,7 @@ translateForm.addEventListener("submit", async (event) => {
     const lines = text.split("\n").map((line) => line.trim()).filter(Boolean);
     const input = lines.length > 1 ? { texts: lines } : { text };
     const body = { ...input, ...modelTarget($("#translate-model")), ...readOptions($("[data-options=translate]")) };
+    if ($("#translate-attention").checked) body.return_attention = true;
     submit.disabled = true;
     $("#translate-busy").hidden = false;
     translateResult.setAttribute("aria-busy", "true");
@@ -460,7 +629,7 @@ translateForm.addEventListener("submit", async (event) => {
     const lang = (model && model.target_lang) || "";
     translateResult.replaceChildren(
       // A batch shows each source line above its translation.
-      ...data.translations.map((t, i) => translationView(t, lang, input.texts ? input.texts[i] : null)),
+      ...data.translations.map((t, i) => translationView(t, lang, input.texts ? input.texts[i] : null, data.source_lang)),
       el("p", {
         class: "meta footnote",
         text: `${data.model} v${data.version} · ${data.usage.input_tokens} → ${data.usage.output_tokens} tokens · ${formatMs(performance.now() - started)}`,
@@ -654,9 +823,15 @@ async function compareOne(row, body) {
   row.setAttribute("aria-busy", "true");
   const started = performance.now();
   try {
-    const data = await (await api("/translate", { ...body, model: row.dataset.model })).json();
+    // Only attention models have weights to show (the others would answer 422).
+    const model = models.find((m) => m.name === row.dataset.model);
+    const attention = body.return_attention && model && model.architecture === "attention";
+    const request = { ...body, model: row.dataset.model, return_attention: attention || undefined };
+    const data = await (await api("/translate", request)).json();
     const best = data.translations[0];
     cells.output.textContent = best.text;
+    if (best.attention) cells.output.append(attentionView(best.attention, "en", data.source_lang));
+    else if (body.return_attention) cells.output.append(el("small", { class: "muted", text: "no attention: one fixed source vector" }));
     cells.score.textContent = formatScore(best.score);
     return null;
   } catch (err) {
@@ -687,6 +862,7 @@ compareForm.addEventListener("submit", async (event) => {
     return;
   }
   if (beam.value !== "") body.beam_size = Number(beam.value);
+  if ($("#compare-attention").checked) body.return_attention = true;
   submit.disabled = true;
   const status = $("#compare-status");
   status.textContent = `Translating with ${rows.length} models…`;

@@ -7,6 +7,7 @@ land in ``artifacts/web/`` (gitignored) for a person to look at.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,116 @@ def test_the_page_runs_under_its_own_csp(browser: Any, web_env: WebEnv) -> None:
         page.goto(f"{web_env.service.url}/#translate")
         page.wait_for_selector("#translate-model option[value^='pair:']", state="attached")
         page.wait_for_selector("#chat-model option[value='detect:']", state="attached")
+        assert not problems, problems
+    finally:
+        context.close()
+
+
+def translate_requests(page: Any) -> list[dict[str, Any]]:
+    """The bodies of the page's POST /translate requests, recorded from now on."""
+    bodies: list[dict[str, Any]] = []
+    page.on("request", lambda r: bodies.append(r.post_data_json) if r.url.endswith("/translate") else None)
+    return bodies
+
+
+def piece_text(piece: str) -> str:
+    return piece.removeprefix("▁") or "␣"  # as the page shows a piece
+
+
+def test_attention_heatmap_with_pointer_and_keyboard(page: Any, web_env: WebEnv, artifacts: Path) -> None:
+    open_page(page, web_env)
+    sent = translate_requests(page)
+    page.select_option("#translate-model", "model:translate-de-en")
+    page.fill("#translate-text", GERMAN)
+    page.click("#translate-submit")
+    page.wait_for_selector("#translate-result .translation .output")
+    assert "return_attention" not in sent[-1] and not page.query_selector(".attention")  # only when asked
+
+    page.check("#translate-attention")
+    with page.expect_response("**/translate") as reply:
+        page.click("#translate-submit")
+    page.wait_for_selector("#translate-result .attention-grid")
+    assert sent[-1]["return_attention"] is True
+    attention = reply.value.json()["translations"][0]["attention"]
+    grid = "#translate-result .attention-grid"
+    assert page.eval_on_selector_all(f"{grid} th.src", "els => els.map(e => e.textContent)") == [
+        piece_text(p) for p in attention["source"]
+    ]
+    assert page.eval_on_selector_all(f"{grid} th.tgt", "els => els.map(e => e.textContent)") == [
+        piece_text(p) for p in attention["target"]
+    ]
+    opacities = page.eval_on_selector_all(
+        f"{grid} tbody tr",
+        "rows => rows.map(r => [...r.querySelectorAll('rect')].map(c => Number(c.getAttribute('fill-opacity'))))",
+    )
+    assert opacities == attention["weights"]
+
+    # Pointing at an output piece lights up the source pieces it looked at, the strongest most.
+    weights = attention["weights"]
+    i = max(range(len(weights)), key=lambda r: max(weights[r]))  # the row with the sharpest focus
+    page.hover(f"{grid} th.tgt[data-row='{i}']")
+    strongest = max(range(len(weights[i])), key=lambda j: weights[i][j])
+    assert "link-4" in page.get_attribute(f"{grid} th.src[data-col='{strongest}']", "class")
+    assert page.eval_on_selector_all(f"{grid} th.src.link-4", "els => els.length") == sum(w >= 0.75 for w in weights[i])
+    readout = page.inner_text("#translate-result .attention-readout")
+    assert piece_text(attention["target"][i]) in readout and piece_text(attention["source"][strongest]) in readout
+
+    # The keyboard: one tab stop into the grid, then the arrow keys; focus is visible and announced.
+    page.mouse.move(0, 0)
+    page.focus("#translate-submit")
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.closest('.attention-grid') !== null"):
+            break
+    assert page.evaluate("[document.activeElement.dataset.row, document.activeElement.dataset.col]") == ["0", "-1"]
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") not in ("", "none")
+    page.keyboard.press("ArrowRight")
+    active = page.evaluate("[document.activeElement.tagName, document.activeElement.getAttribute('aria-label')]")
+    assert active[0] == "TD" and f"{math.floor(weights[0][0] * 100 + 0.5)}%" in active[1]  # as Math.round
+    assert page.inner_text("#translate-result .attention-readout") == active[1]
+    # the cell's source piece (column 0, in the header row) and output piece (row 0)
+    assert page.eval_on_selector_all(f"{grid} th.on", "els => els.map(e => e.dataset.row + ',' + e.dataset.col)") == [
+        "-1,0",
+        "0,-1",
+    ]
+    page.keyboard.press("ArrowUp")  # a source piece: the output pieces that looked at it light up
+    assert page.evaluate("document.activeElement.dataset.row") == "-1"
+    column = [row[0] for row in weights]
+    lit = page.eval_on_selector_all(f"{grid} th.tgt", "els => els.map(e => /link-/.test(e.className))")
+    assert lit == [w >= 0.1 for w in column]
+    assert page.evaluate("document.activeElement.tabIndex") == 0
+    assert page.eval_on_selector_all(f"{grid} [tabindex='0']", "els => els.length") == 1  # still one tab stop
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.closest('.attention-grid')") is None
+    page.evaluate("document.activeElement.blur()")
+    page.hover(f"{grid} th.tgt[data-row='{i}']")
+    page.screenshot(path=str(artifacts / "attention.png"), full_page=True)
+
+
+def test_attention_in_the_compare_view_and_under_the_pages_csp(browser: Any, web_env: WebEnv, artifacts: Path) -> None:
+    """Attention models draw their matrix, the others say why they have none; with the policy in
+    force the heatmap breaks no rule (its shades are SVG attributes, not inline styles)."""
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    try:
+        page = context.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+        page.goto(f"{web_env.service.url}/#compare")
+        page.wait_for_selector("#compare-rows tr[data-model]")
+        page.check("#compare-attention")
+        page.fill("#compare-text", GERMAN)
+        page.click("#compare-submit")
+        page.wait_for_selector("#compare-status:has-text('models answered')")
+        architectures = {m["name"]: m["architecture"] for m in api_models(web_env)}
+        for row in page.query_selector_all("#compare-rows tr[data-model]"):
+            output = row.query_selector(".output")
+            if architectures[row.get_attribute("data-model")] == "attention":
+                assert output.query_selector(".attention-grid td svg rect") is not None
+            else:
+                assert output.query_selector(".attention") is None and "no attention" in output.inner_text()
+        assert page.is_hidden("#compare-error")
+        page.screenshot(path=str(artifacts / "compare-attention.png"), full_page=True)
         assert not problems, problems
     finally:
         context.close()
