@@ -14,11 +14,12 @@ The modules are private; everything public is re-exported here.
 """
 
 from client._client import AsyncChatStream, AsyncClient, ChatStream, Client
-from client._config import DEFAULT_BASE_URL, DEFAULT_RETRY, DEFAULT_TIMEOUT, NO_RETRY, Retry
+from client._config import API_KEY_ENV, DEFAULT_BASE_URL, DEFAULT_RETRY, DEFAULT_TIMEOUT, NO_RETRY, Retry
 from client._exceptions import (
     APIError,
     ConnectError,
     DeadlineExceeded,
+    Forbidden,
     InternalServerError,
     InvalidRequest,
     ModelNotFound,
@@ -26,9 +27,11 @@ from client._exceptions import (
     Overloaded,
     PayloadTooLarge,
     ProtocolError,
+    RateLimited,
     Seq2SeqError,
     Timeout,
     TransportError,
+    Unauthorized,
     Unavailable,
 )
 from client._models import (
@@ -47,6 +50,7 @@ from client._models import (
 )
 
 __all__ = [
+    "API_KEY_ENV",
     "DEFAULT_BASE_URL",
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUT",
@@ -64,6 +68,7 @@ __all__ = [
     "ConnectError",
     "DeadlineExceeded",
     "DecodingOptions",
+    "Forbidden",
     "Health",
     "InternalServerError",
     "InvalidRequest",
@@ -73,6 +78,7 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "ProtocolError",
+    "RateLimited",
     "Readiness",
     "Retry",
     "Seq2SeqError",
@@ -80,6 +86,7 @@ __all__ = [
     "TransportError",
     "TranslateResult",
     "Translation",
+    "Unauthorized",
     "Unavailable",
     "Usage",
 ]

@@ -12,6 +12,7 @@ import asyncio
 import email.utils
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping, Sequence
@@ -23,12 +24,13 @@ from urllib.parse import quote
 
 import httpx
 
-from client._config import DEFAULT_BASE_URL, DEFAULT_RETRY, DEFAULT_TIMEOUT, NO_RETRY, Retry
+from client._config import API_KEY_ENV, DEFAULT_BASE_URL, DEFAULT_RETRY, DEFAULT_TIMEOUT, NO_RETRY, Retry
 from client._exceptions import (
     APIError,
     ConnectError,
     Overloaded,
     ProtocolError,
+    RateLimited,
     Seq2SeqError,
     Timeout,
     TransportError,
@@ -54,7 +56,7 @@ TimeoutTypes = float | httpx.Timeout | None
 History = Sequence[ChatTurn | Mapping[str, str]]
 
 REQUEST_ID_HEADER = "X-Request-ID"
-_RETRYABLE = (Overloaded, Unavailable, ConnectError)
+_RETRYABLE = (Overloaded, RateLimited, Unavailable, ConnectError)
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -108,10 +110,13 @@ class _SSEParser:
 class _BaseClient:
     """Configuration and every decision that involves no I/O."""
 
-    def __init__(self, base_url: str, *, headers: Mapping[str, str] | None, retry: Retry) -> None:
+    def __init__(self, base_url: str, *, headers: Mapping[str, str] | None, retry: Retry, api_key: str | None) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry = retry
         self._headers = dict(headers or {})
+        key = os.environ.get(API_KEY_ENV) if api_key is None else api_key
+        if key:  # never in a repr or a log line: httpx keeps it among the default headers
+            self._headers["Authorization"] = f"Bearer {key}"
 
     # -- requests -------------------------------------------------------------------------------
     def _build_request(
@@ -322,9 +327,10 @@ class Client(_BaseClient):
     """Blocking client of the seq2seq-serve HTTP API.
 
     ``timeout`` is the HTTP timeout (seconds or an ``httpx.Timeout``); the server-side
-    deadline of one request is the ``timeout`` decoding option. ``transport`` replaces the
-    network, e.g. with ``httpx.MockTransport`` in tests; ``sleep`` is what waits between
-    retries, injectable so tests need not wait.
+    deadline of one request is the ``timeout`` decoding option. ``api_key`` is sent as
+    ``Authorization: Bearer``; without it the client takes ``$SEQ2SEQ_API_KEY``, if set (``""``:
+    send none). ``transport`` replaces the network, e.g. with ``httpx.MockTransport`` in tests;
+    ``sleep`` is what waits between retries, injectable so tests need not wait.
     """
 
     def __init__(
@@ -334,10 +340,11 @@ class Client(_BaseClient):
         timeout: TimeoutTypes = DEFAULT_TIMEOUT,
         headers: Mapping[str, str] | None = None,
         retry: Retry = DEFAULT_RETRY,
+        api_key: str | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        super().__init__(base_url, headers=headers, retry=retry)
+        super().__init__(base_url, headers=headers, retry=retry, api_key=api_key)
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=self._headers, transport=transport)
         self._sleep = sleep
 
@@ -486,10 +493,11 @@ class AsyncClient(_BaseClient):
         timeout: TimeoutTypes = DEFAULT_TIMEOUT,
         headers: Mapping[str, str] | None = None,
         retry: Retry = DEFAULT_RETRY,
+        api_key: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        super().__init__(base_url, headers=headers, retry=retry)
+        super().__init__(base_url, headers=headers, retry=retry, api_key=api_key)
         self._http = httpx.AsyncClient(
             base_url=self.base_url, timeout=timeout, headers=self._headers, transport=transport
         )

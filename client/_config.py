@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import httpx
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+# Where the client finds its API key when none is given (a server with keys answers 401 without one).
+API_KEY_ENV = "SEQ2SEQ_API_KEY"
 
 # Generation can legitimately take a while (the server's own deadline defaults to 30 s and a
 # request may ask for up to 600 s), so reads get a generous limit; connecting should be quick.
@@ -18,7 +20,7 @@ DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 class Retry:
     """When and how long to wait before sending a request again.
 
-    Retried: 429 ``overloaded``, 503 ``unavailable`` and connection failures, which are
+    Retried: 429 ``overloaded`` and ``rate_limited``, 503 ``unavailable`` and connection failures, which are
     all transient and, since no endpoint has side effects, safe to repeat. Never retried:
     other 4xx (the same request fails the same way), 500, 504 and client timeouts (the
     server did the work and may be busy; repeating it piles on load).

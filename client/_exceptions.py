@@ -10,9 +10,12 @@
      └── APIError                       the server answered with an error body
           ├── InvalidRequest        422 invalid_request
           ├── PayloadTooLarge       413 payload_too_large
+          ├── Unauthorized          401 unauthorized        (no API key, or one the server does not know)
+          ├── Forbidden             403 forbidden           (the API key lacks the route's scope)
           ├── NotFound              404 not_found
           │    └── ModelNotFound    404 model_not_found
           ├── Overloaded            429 overloaded          (retried; .retry_after)
+          ├── RateLimited           429 rate_limited        (retried; .retry_after: the API key's rate limit)
           ├── InternalServerError   500 internal_error
           ├── Unavailable           503 unavailable         (retried; .retry_after)
           └── DeadlineExceeded      504 deadline_exceeded
@@ -117,6 +120,20 @@ class PayloadTooLarge(APIError):
     code = "payload_too_large"
 
 
+class Unauthorized(APIError):
+    """The server wants an API key (``api_key=``, ``$SEQ2SEQ_API_KEY``) and got none, or one it does not know."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(APIError):
+    """The API key is valid but lacks the scope of the route (``infer`` or ``admin``)."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(APIError):
     status = 404
     code = "not_found"
@@ -133,6 +150,14 @@ class Overloaded(APIError):
 
     status = 429
     code = "overloaded"
+
+
+class RateLimited(APIError):
+    """This API key is over its rate limit (requests or generated tokens); other keys are served.
+    ``retry_after`` says when it has budget again."""
+
+    status = 429
+    code = "rate_limited"
 
 
 class InternalServerError(APIError):
@@ -157,15 +182,19 @@ class DeadlineExceeded(APIError):
 _API_ERRORS: tuple[type[APIError], ...] = (
     InvalidRequest,
     PayloadTooLarge,
+    Unauthorized,
+    Forbidden,
     NotFound,
     ModelNotFound,
     Overloaded,
+    RateLimited,
     InternalServerError,
     Unavailable,
     DeadlineExceeded,
 )
 _BY_CODE = {cls.code: cls for cls in _API_ERRORS}
-# ModelNotFound comes after NotFound above, so the status fallback keeps the general 404 class.
+# ModelNotFound comes after NotFound (RateLimited after Overloaded) above, so the status fallback
+# keeps the general class of the status.
 _BY_STATUS = {cls.status: cls for cls in reversed(_API_ERRORS)}
 
 

@@ -8,8 +8,8 @@
     seq2seq chat "Hello there"      # a single turn
     seq2seq models [--json]
 
-``--url`` (default: ``$SEQ2SEQ_URL``, else http://127.0.0.1:8000) and ``--timeout`` go before
-or after the command. Exit status: 0 success, 1 the request failed (``error (code): message``
+``--url`` (default: ``$SEQ2SEQ_URL``, else http://127.0.0.1:8000), ``--timeout`` and
+``--api-key`` (default: ``$SEQ2SEQ_API_KEY``) go before or after the command. Exit status: 0 success, 1 the request failed (``error (code): message``
 on stderr), 2 bad usage.
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 from tqdm import tqdm
 
 from client._client import Client
-from client._config import DEFAULT_BASE_URL, DEFAULT_TIMEOUT
+from client._config import API_KEY_ENV, DEFAULT_BASE_URL, DEFAULT_TIMEOUT
 from client._exceptions import APIError, Seq2SeqError
 from client._models import ChatTurn, DecodingOptions, ModelInfo, TranslateResult
 from client.files import BatchFailed, read_lines, resume_point, translate_lines
@@ -41,12 +41,18 @@ HISTORY_TURNS = 20
 
 
 def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
-    """``--url`` and ``--timeout``; with ``suppress``, an option left out sets nothing (see build_parser)."""
+    """``--url``, ``--timeout`` and ``--api-key``; with ``suppress``, an option left out sets nothing (see build_parser)."""
     url = argparse.SUPPRESS if suppress else os.environ.get("SEQ2SEQ_URL", DEFAULT_BASE_URL)
     timeout = argparse.SUPPRESS if suppress else None
     parser.add_argument("--url", default=url, help=f"server URL (env SEQ2SEQ_URL; default {DEFAULT_BASE_URL})")
     parser.add_argument(
         "--timeout", type=float, default=timeout, metavar="SECONDS", help="HTTP timeout in seconds (default 60)"
+    )
+    parser.add_argument(
+        "--api-key",
+        default=argparse.SUPPRESS if suppress else None,  # None: the client reads the environment
+        metavar="KEY",
+        help=f"API key for a server that asks for one (default: env {API_KEY_ENV}, which keeps it out of ps)",
     )
 
 
@@ -102,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_document_args(parser, args)
     timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
     try:
-        with Client(args.url, timeout=timeout) as client:
+        with Client(args.url, timeout=timeout, api_key=args.api_key) as client:
             return args.run(client, args)
     except Seq2SeqError as exc:
         _print_error(exc)

@@ -68,25 +68,97 @@ async function errorFrom(response) {
   return new ApiError(response.status, code, message, { retryAfter: response.headers.get("Retry-After"), details });
 }
 
-async function api(path, body, { signal } = {}) {
-  const init = { signal, headers: { Accept: "application/json" } };
-  if (body !== undefined) {
-    init.method = "POST";
-    init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
-  let response;
+// API keys: a server with keys answers 401 without one. The page then asks for a key, keeps it
+// in sessionStorage (this tab only, gone when it closes; never localStorage) and sends it as
+// "Authorization: Bearer" with every API call. Requests that get 401 while the question is open
+// all wait for the one answer.
+const KEY_STORAGE = "seq2seq-api-key";
+let keyQuestion = null;
+
+function storedKey() {
   try {
-    response = await fetch(path, init);
-  } catch (err) {
-    if (err.name === "AbortError") throw err;
-    throw new ApiError(0, "network_error", `cannot reach the server (${err.message})`);
+    return sessionStorage.getItem(KEY_STORAGE);
+  } catch {
+    return null; // storage disabled: the key lives as long as the question's answer
   }
-  if (!response.ok) throw await errorFrom(response);
-  return response;
+}
+
+function forgetKey() {
+  try {
+    sessionStorage.removeItem(KEY_STORAGE);
+  } catch {
+    // storage disabled: nothing was kept
+  }
+}
+
+function askForKey(rejected) {
+  if (keyQuestion) return keyQuestion;
+  const dialog = $("#key-dialog");
+  const input = $("#key-input");
+  $("#key-dialog-message").textContent = rejected
+    ? "The server did not accept that key. Enter another one."
+    : "This server asks for an API key.";
+  input.value = "";
+  keyQuestion = new Promise((resolve) => {
+    dialog.addEventListener(
+      "close",
+      () => {
+        const key = dialog.returnValue === "use" ? input.value.trim() : "";
+        input.value = "";
+        keyQuestion = null;
+        if (key) {
+          try {
+            sessionStorage.setItem(KEY_STORAGE, key);
+          } catch {
+            // storage disabled: this request still gets the key
+          }
+        }
+        resolve(key || null);
+      },
+      { once: true },
+    );
+  });
+  dialog.returnValue = "";
+  dialog.showModal();
+  return keyQuestion;
+}
+
+async function api(path, body, { signal } = {}) {
+  let key = storedKey();
+  for (;;) {
+    const init = { signal, headers: { Accept: "application/json" } };
+    if (key) init.headers.Authorization = `Bearer ${key}`;
+    if (body !== undefined) {
+      init.method = "POST";
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      throw new ApiError(0, "network_error", `cannot reach the server (${err.message})`);
+    }
+    if (response.status !== 401) {
+      if (!response.ok) throw await errorFrom(response);
+      return response;
+    }
+    const error = await errorFrom(response);
+    const newer = storedKey(); // another request's question may have been answered meanwhile
+    if (newer && newer !== key) {
+      key = newer;
+      continue;
+    }
+    if (key) forgetKey(); // the server turned it down
+    key = await askForKey(Boolean(key));
+    if (!key) throw error;
+  }
 }
 
 const ERROR_TITLES = {
+  401: "API key needed",
+  403: "Not allowed with this key",
   404: "Not found",
   413: "Request too large",
   422: "Check your input",
@@ -103,11 +175,24 @@ const LOCAL_ERROR_TITLES = {
   stream_ended: "Connection lost",
 };
 
+// Titles by error code, where one status has several causes
+const CODE_TITLES = { rate_limited: "Rate limit reached for this key" };
+
 // An SSE `error` event carries the error body only; its code tells the status it stands for.
-const CODE_STATUS = { invalid_request: 422, overloaded: 429, internal_error: 500, unavailable: 503, deadline_exceeded: 504 };
+const CODE_STATUS = {
+  invalid_request: 422,
+  unauthorized: 401,
+  forbidden: 403,
+  overloaded: 429,
+  rate_limited: 429,
+  internal_error: 500,
+  unavailable: 503,
+  deadline_exceeded: 504,
+};
 
 function describeError(err) {
-  const title = ERROR_TITLES[err.status] || LOCAL_ERROR_TITLES[err.code] || (err.status ? `HTTP ${err.status}` : "Error");
+  const title =
+    CODE_TITLES[err.code] || ERROR_TITLES[err.status] || LOCAL_ERROR_TITLES[err.code] || (err.status ? `HTTP ${err.status}` : "Error");
   let message = err.message || String(err);
   const available = err.details && err.details.available;
   if (Array.isArray(available) && available.length) message += ` (available: ${available.join(", ")})`;
@@ -401,11 +486,22 @@ async function loadModels() {
     if (models.some((m) => m.status === "loading")) modelsTimer = setTimeout(loadModels, 2000);
   } catch (err) {
     const status = $("#server-status");
-    status.textContent = `Cannot list the models: ${err.message}. Retrying…`;
     status.dataset.state = "warn";
+    if (err.status === 401) {
+      // The question was turned down: ask again only when the person wants to.
+      status.textContent = "This server asks for an API key.";
+      $("#key-button").hidden = false;
+      return;
+    }
+    status.textContent = `Cannot list the models: ${err.message}. Retrying…`;
     modelsTimer = setTimeout(loadModels, 5000);
   }
 }
+
+$("#key-button").addEventListener("click", () => {
+  $("#key-button").hidden = true;
+  loadModels();
+});
 
 // ---------------------------------------------------------------------------------------------
 // Attention: a translation's matrix ("return_attention": true) as a heatmap. A grid with the
