@@ -319,6 +319,7 @@ def test_attention_heatmap_with_pointer_and_keyboard(page: Any, web_env: WebEnv,
     page.evaluate("document.activeElement.blur()")
     page.hover(f"{grid} th.tgt[data-row='{i}']")
     page.screenshot(path=str(artifacts / "attention.png"), full_page=True)
+    page.locator("#translate-result .translation").screenshot(path=str(artifacts / "attention-heatmap.png"))
 
 
 def test_attention_in_the_compare_view_and_under_the_pages_csp(browser: Any, web_env: WebEnv, artifacts: Path) -> None:
