@@ -23,6 +23,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from service.app import create_app
 from service.auth import KeyStore, read_keys_file
 from service.errors import KeysFileInvalid
 from service.settings import Settings
@@ -452,3 +453,39 @@ def _no_keys_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[Non
     for name in ("SEQ2SEQ_API_KEYS", "SEQ2SEQ_ADMIN_API_KEYS", "SEQ2SEQ_API_KEYS_FILE"):
         monkeypatch.delenv(name, raising=False)
     yield
+
+
+# -- the README's example ---------------------------------------------------------------------------
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+README_CURL = re.compile(r"curl -s localhost:8000(/\w+)((?: -H '[^']+')*)(?: \\\n  -d '(.*?)')?\n# (\{.*\})\n")
+
+
+def readme_key_examples() -> tuple[str, list[re.Match[str]]]:
+    """The key the README's "API keys" section starts the server with, and its curl examples."""
+    section = README.split("\n## API keys\n", 1)[1].split("\n## ", 1)[0]
+    key = re.search(r"SEQ2SEQ_API_KEYS=(\S+) scripts/serve.sh", section)
+    assert key is not None, "the README's API keys section starts no server"
+    return key.group(1), list(README_CURL.finditer(section))
+
+
+async def test_the_readme_key_examples_print_what_the_server_replies() -> None:
+    key, examples = readme_key_examples()
+    assert len(examples) == 2
+    settings = Settings(
+        models=["translate-de-en"], api_keys=key, threads=1, engine_process=False, restart_engines=False
+    )
+    app = create_app(settings, load_in_background=False)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            for example in examples:
+                route, header_flags, body, printed = example.groups()
+                headers = dict(h.split(": ", 1) for h in re.findall(r"-H '([^']+)'", header_flags))
+                method = "POST" if body is not None else "GET"
+                reply = (await client.request(method, route, content=body, headers=headers)).text
+                # Abbreviated with "...": every quoted piece appears in the reply, in order.
+                position = 0
+                for piece in (p.strip(" ,") for p in printed.split("...")):
+                    if piece.strip("{}[] "):
+                        found = reply.find(piece.rstrip("}]"), position)
+                        assert found >= 0, f"README prints {piece!r}; the server replies {reply}"
+                        position = found
