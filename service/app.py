@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import tracing
-from service.api import chat, health, models, openapi, prometheus, translate, ui
+from service.api import admin, chat, health, models, openapi, prometheus, translate, ui
 from service.api.errors import install_error_handlers
 from service.auth import AuthMiddleware, KeyStore
 from service.engine.client import EngineClient, LocalEngine
@@ -44,6 +44,21 @@ def engine_factory(settings: Settings, metrics: Metrics, loop: asyncio.AbstractE
     return build
 
 
+async def watch_store(registry: Registry, factory: EngineFactory, metrics: Metrics, settings: Settings) -> None:
+    """``--watch-store``: every so often, what ``POST /admin/reload`` does to the models."""
+    while True:
+        await asyncio.sleep(settings.watch_store_s)
+        if not registry.loaded or registry.draining:
+            continue
+        try:
+            results = await admin.reload_store(registry, factory, metrics, settings.shutdown_grace_s)
+        except OSError as exc:  # the store is unreadable for now (a volume being replaced): next time
+            log.error("model store watch: %s", exc)
+            continue
+        for result in results:
+            log.info("model store watch: %s", result.model_dump_json(exclude_none=True))
+
+
 def create_app(
     settings: Settings | None = None, *, load_in_background: bool = True, tracer_provider: TracerProvider | None = None
 ) -> FastAPI:
@@ -59,6 +74,7 @@ def create_app(
         registry = Registry(Path(settings.model_store), settings.models, settings.required_models)
         app.state.registry = registry
         factory = engine_factory(settings, metrics, asyncio.get_running_loop())
+        app.state.engine_factory = factory
 
         def load_models() -> None:
             registry.load_all(factory)
@@ -75,9 +91,14 @@ def create_app(
             threading.Thread(target=load_models, name="model-loader", daemon=True).start()
         else:
             await asyncio.to_thread(load_models)
+        watcher = (
+            asyncio.create_task(watch_store(registry, factory, metrics, settings)) if settings.watch_store_s else None
+        )
         try:
             yield
         finally:  # also when the app's host fails: engines and their processes never outlive it
+            if watcher is not None:
+                watcher.cancel()
             registry.draining = True
             unwatch_keys()
             await asyncio.to_thread(registry.stop, settings.shutdown_grace_s)
@@ -94,7 +115,7 @@ def create_app(
     app.state.keys = keys
     install_error_handlers(app)
     openapi.install(app, settings)
-    for module in (translate, chat, models, health, prometheus, ui):
+    for module in (translate, chat, models, admin, health, prometheus, ui):
         app.include_router(module.router)
     if keys.enabled:  # inside the request context: a 401 gets a request id, the log line the key's name
         app.add_middleware(AuthMiddleware, keys=keys, settings=settings, metrics=metrics)
@@ -105,7 +126,14 @@ def create_app(
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["content-type", "x-request-id", "authorization"],
-            expose_headers=["x-request-id", "retry-after", "www-authenticate", *RATE_LIMIT_HEADERS],
+            expose_headers=[
+                "x-request-id",
+                "retry-after",
+                "x-model",
+                "x-model-version",
+                "www-authenticate",
+                *RATE_LIMIT_HEADERS,
+            ],
         )
     app.state.tracer = tracing.install(app, tracer_provider)  # the server span encloses every middleware
     return app

@@ -10,6 +10,8 @@
      ├── KeysFileInvalid        422  invalid_keys_file   (a reload found the API keys file invalid)
      ├── NotFound               404  not_found
      │    └── ModelNotFound     404  model_not_found
+     ├── Conflict               409  conflict            (an admin action the server's state forbids)
+     ├── ModelLoadFailed        422  model_load_failed   (an admin load refused: the version does not verify or load)
      ├── Overloaded             429  overloaded          (+ Retry-After; the model's queue is full)
      ├── RateLimited            429  rate_limited        (+ Retry-After, RateLimit-*; the API key's limit)
      ├── DeadlineExceeded       504  deadline_exceeded
@@ -93,6 +95,18 @@ class NotFound(ServiceError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class Conflict(ServiceError):
+    status_code = 409
+    code = "conflict"
+
+
+class ModelLoadFailed(ServiceError):
+    """A version that an admin action asked for does not verify or load; what served goes on serving."""
+
+    status_code = 422
+    code = "model_load_failed"
 
 
 class Overloaded(ServiceError):

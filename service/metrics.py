@@ -81,6 +81,21 @@ class Metrics:
             "seq2seq_rate_limited", "requests refused by their API key's rate limit", ["key"], registry=r
         )
 
+        self.model_loads = Counter(
+            "seq2seq_model_loads",
+            "model versions loaded at run time (admin API, reloads), by outcome",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.model_unloads = Counter("seq2seq_model_unloads", "models unloaded at run time", ["model"], registry=r)
+        self.model_swap = Histogram(
+            "seq2seq_model_swap_seconds",
+            "a run-time load: from the request until the new version serves (loading and warm-up included)",
+            ["model"],
+            buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+
     def record_engine(self, model: str, stats: EngineStats) -> None:
         """Add what an engine reported (:class:`~service.engine.messages.EngineStats`) to the metrics."""
         self.queue_depth.labels(model).set(stats.queue_depth)

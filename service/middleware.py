@@ -69,6 +69,7 @@ class RequestContextMiddleware:
                     *message.get("headers", []),
                     (b"x-request-id", request_id.encode("latin-1")),
                     (b"x-content-type-options", b"nosniff"),  # a JSON error is never read as a page
+                    *_model_headers(state),
                 ]
             await send(message)
 
@@ -158,6 +159,13 @@ def _access_line(fields: dict[str, Any]) -> str:
     head = ("method", "route", "status")
     rest = " ".join(f"{k}={v}" for k, v in fields.items() if k not in head and v is not None)
     return f"{fields['method']} {fields['route']} {fields['status']} {rest}"
+
+
+def _model_headers(state: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """Which model and version answered: set by the handler once its request has an engine."""
+    if state.get("model_version") is None:
+        return []
+    return [(b"x-model", state["model"].encode()), (b"x-model-version", state["model_version"].encode())]
 
 
 class _BodyTooLarge(Exception):

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, create_model, model_validator
 
-from seq2seq.decoding.params import JSON_NUMBER, DecodeParams, MaxLength
+from seq2seq.decoding.params import JSON_NUMBER, DecodeParams, MaxLength, NoRepeatNgram
 from seq2seq.optimize import Quantization
 
 
@@ -54,6 +54,10 @@ def _decoding_fields() -> dict[str, Any]:
     hints = get_type_hints(DecodeParams, include_extras=True)
     fields: dict[str, Any] = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(DecodeParams)}
     fields["max_length"] = (MaxLength | None, Field(None, description="generated tokens; default: 2 x source + 10"))
+    fields["no_repeat_ngram_size"] = (
+        NoRepeatNgram | None,
+        Field(None, description="never repeat an n-gram of this size; 0 = off; default: the model's (chosen on val)"),
+    )
     deadline = Annotated[float, Field(gt=0, le=600), JSON_NUMBER] | None
     fields["timeout"] = (deadline, Field(None, description="deadline in seconds for queue + generation"))
     return fields
@@ -207,6 +211,49 @@ class ModelInfo(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
+
+
+VersionStatus = Literal["available", "loading", "ready", "draining", "failed", "dead"]
+
+
+class AdminVersion(BaseModel):
+    version: str
+    on_disk: bool = Field(description="in the model store now")
+    status: VersionStatus = Field(
+        description="available: on disk, not in memory; loading: loading beside the active version; ready: "
+        "serving; draining: replaced or unloaded, finishing its requests; failed: its latest load failed "
+        "(see error); dead: its engine died"
+    )
+    active: bool = Field(description="the version new requests go to")
+    error: str | None = None
+
+
+class AdminModel(BaseModel):
+    name: str
+    active_version: str | None = Field(description="the version new requests go to; none when not loaded")
+    status: VersionStatus | Literal["not_loaded"]
+    versions: list[AdminVersion]
+
+
+class AdminModelList(BaseModel):
+    models: list[AdminModel]
+    defaults: dict[str, str] = Field(description="the model serving each translate:<src>-<tgt> and chat:<lang>")
+
+
+class LoadRequest(_Request):
+    version: Text | None = Field(None, description="default: the newest version in the store", examples=["2"])
+
+
+class ReloadResult(BaseModel):
+    model: str
+    version: str
+    outcome: Literal["loaded", "failed"]
+    error: str | None = None
+
+
+class ReloadResponse(BaseModel):
+    results: list[ReloadResult] = Field(description="one per model that had a newer version (or was new) in the store")
+    api_keys_reloaded: bool = Field(description="whether an API keys file was read again")
 
 
 class ErrorDetail(BaseModel):

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     restart_engines: bool = Field(
         True, description="restart a model's engine when its worker or process dies, backing off from 1 s to 60 s"
     )
+    watch_store_s: float = Field(
+        0,
+        ge=0,
+        description="every this many seconds, load what POST /admin/reload would (newer versions and new models "
+        "in the store); 0: off",
+    )
     overlap_encode: bool | None = Field(
         None,
         description="continuous batching: encode arrivals on a second thread while the running batch decodes; "

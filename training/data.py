@@ -20,7 +20,10 @@ from seq2seq.config import BOS_ID, EOS_ID, PAD_ID
 from seq2seq.tokenizer import Tokenizer
 
 Pair = tuple[str, str]
-CORPORA = ("multi30k", "chatbot-ko", "chatterbot-en", "files")
+CORPORA = ("multi30k", "chatbot-ko", "chatterbot-en", "chatterbot-en-smalltalk", "files")
+# chatterbot-corpus topics left out of chatterbot-en-smalltalk: tech_support is half the pairs, and
+# a chit-chat bot trained on it answers feelings with password resets
+NOT_SMALLTALK = ("tech_support",)
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repo
 
 
@@ -105,14 +108,26 @@ def load_chatbot_ko(data_dir: Path, seed: int) -> Corpus:
     )
 
 
-def load_chatterbot_en(seed: int) -> Corpus:
-    """Consecutive turns of the English conversations shipped by the ``chatterbot-corpus`` package."""
+def hurried(text: str) -> str:
+    """``text`` as typed in a hurry: first letter in lower case, no final period, question or exclamation mark."""
+    return (text[:1].lower() + text[1:]).rstrip().rstrip(".!?").rstrip()
+
+
+def augment_sources(pairs: list[Pair]) -> list[Pair]:
+    """``pairs`` and, for each whose source changes, the same pair with the source :func:`hurried`:
+    a model trained on both no longer depends on the final period to end its output."""
+    return pairs + [(hurried(s), t) for s, t in pairs if hurried(s) and hurried(s) != s]
+
+
+def load_chatterbot_en(seed: int, skip: tuple[str, ...] = ()) -> Corpus:
+    """Consecutive turns of the English conversations shipped by the ``chatterbot-corpus`` package
+    (``skip``: topics, by file name, left out)."""
     import chatterbot_corpus
     import yaml
 
     root = Path(chatterbot_corpus.__file__).parent / "data" / "english"
     pairs: list[Pair] = []
-    for path in sorted(root.glob("*.yml")):
+    for path in sorted(p for p in root.glob("*.yml") if p.stem not in skip):
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         for conv in doc.get("conversations", []):
             turns = [str(t).strip() for t in conv if isinstance(t, str | int | float) and str(t).strip()]
@@ -123,7 +138,8 @@ def load_chatterbot_en(seed: int) -> Corpus:
         val,
         test,
         {
-            "dataset": "chatterbot-corpus (PyPI), data/english/*.yml, consecutive turns",
+            "dataset": "chatterbot-corpus (PyPI), data/english/*.yml, consecutive turns"
+            + (f", without {', '.join(skip)}" if skip else ""),
             "splits": "90/5/5 split by question, seeded",
             "license": "BSD-3-Clause",
         },
@@ -144,6 +160,8 @@ def load_corpus(
         return load_chatbot_ko(data_dir, seed)
     if name == "chatterbot-en":
         return load_chatterbot_en(seed)
+    if name == "chatterbot-en-smalltalk":
+        return load_chatterbot_en(seed, NOT_SMALLTALK)
     if name == "files":
         if not files:
             raise ValueError("corpus 'files' needs --train and --val (TSV) or --train-src/--train-tgt")

@@ -38,7 +38,7 @@ from seq2seq.checkpoint import MANIFEST, load_model_dir
 from seq2seq.decoding import DecodeParams, FinishReason
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import Tokenizer, ends_sentence
-from training.data import Pair, load_corpus
+from training.data import Pair, hurried, load_corpus
 from training.scoring import bleu_scores, decode_all
 
 log = logging.getLogger("training.robustness")
@@ -76,8 +76,8 @@ def length_report(
 
 
 def perturbed(pairs: list[Pair]) -> list[Pair]:
-    """The sources as typed in a hurry: the first letter in lower case and the final period dropped."""
-    return [((s[:1].lower() + s[1:]).rstrip().removesuffix("."), t) for s, t in pairs]
+    """The sources as typed in a hurry (:func:`~training.data.hurried`)."""
+    return [(hurried(s), t) for s, t in pairs]
 
 
 def choose(val: dict[str, dict[str, dict[str, Any]]]) -> int:

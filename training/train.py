@@ -39,7 +39,16 @@ from seq2seq.decoding import DecodeParams
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import Tokenizer
 from training.curves import write_curve
-from training.data import CORPORA, DEFAULT_DATA_DIR, Batch, Corpus, batches, encode_pairs, load_corpus
+from training.data import (
+    CORPORA,
+    DEFAULT_DATA_DIR,
+    Batch,
+    Corpus,
+    augment_sources,
+    batches,
+    encode_pairs,
+    load_corpus,
+)
 from training.scoring import bleu_scores, translate_all
 
 log = logging.getLogger("training.train")
@@ -98,6 +107,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-budget", type=float, default=0, help="stop (resumable) after this many minutes; 0: none")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--keep-checkpoints", type=int, default=5, help="keep the last N epochs' weights (for averaging)")
+    p.add_argument(
+        "--augment-sources",
+        action="store_true",
+        help="also train on each pair with its source typed in a hurry (no final punctuation, lower-case start)",
+    )
     p.add_argument(
         "--val-bleu-sentences", type=int, default=0, help="greedy val BLEU after each epoch on this many; 0: all"
     )
@@ -183,6 +197,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = args.device
         self.corpus = load_corpus(args.corpus, args.data_dir, args.src, args.tgt, args.seed, corpus_files(args))
+        if args.augment_sources:
+            self.corpus.train = augment_sources(self.corpus.train)
         self.src_tok, self.tgt_tok = build_tokenizers(args, self.corpus, self.run_dir)
         self.config = ModelConfig(
             architecture=args.architecture,

@@ -48,7 +48,7 @@ def source_text(body: ChatRequest, manifest: dict[str, Any]) -> str:
 def _response(prepared: Prepared, hyp: Hypothesis, tokenizer: Tokenizer) -> ChatResponse:
     return ChatResponse(
         model=prepared.entry.name,
-        version=prepared.entry.version,
+        version=prepared.version,
         language=prepared.entry.manifest.get("target_lang"),
         reply=tokenizer.decode(hyp.tokens),
         score=hyp.score,
@@ -71,7 +71,9 @@ async def chat(body: ChatRequest, request: Request, registry: RegistryDep, setti
     entry = registry.resolve("chat", body.model, None, body.language, body.message)
     request.state.model = entry.name
     source = [source_text(body, entry.manifest)]
-    prepared = prepare(entry, registry, source, ["message"], body, settings, body.stream, client=client_name(request))
+    options = body.model_copy(update={"min_length": max(1, body.min_length)})  # a reply is never empty
+    prepared = prepare(entry, registry, source, ["message"], options, settings, body.stream, client=client_name(request))
+    request.state.model_version = prepared.version
     streams = submit(prepared)
     tokenizer = prepared.engine.info.target_tokenizer
     if not body.stream:

@@ -12,12 +12,14 @@ import contextlib
 import dataclasses
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request as HttpRequest
 from pydantic import ValidationError
 
-from seq2seq.decoding import DecodeParams
+from seq2seq.decoding import DecodeParams, source_length_cap
 from seq2seq.generation import Hypothesis
+from seq2seq.tokenizer import end_sentence
 from service.api.errors import describe_validation
 from service.engine.client import EngineClient, RequestStream
 from service.engine.request import Request
@@ -28,7 +30,11 @@ from service.settings import Settings
 from service.tracing import record_engine_spans
 
 DEADLINE_MARGIN_S = 2.0
-_PASSED_AS_THEY_ARE = {f.name for f in dataclasses.fields(DecodeParams)} - {"max_length", "min_length"}
+_PASSED_AS_THEY_ARE = {f.name for f in dataclasses.fields(DecodeParams)} - {
+    "max_length",
+    "min_length",
+    "no_repeat_ngram_size",
+}
 
 
 @dataclass
@@ -36,6 +42,11 @@ class Prepared:
     entry: ModelEntry
     engine: EngineClient
     requests: list[Request]
+
+    @property
+    def version(self) -> str:
+        """The version that answers: its engine's, which an admin swap never changes under a request."""
+        return self.engine.info.version
 
     @property
     def timeout_s(self) -> float:
@@ -72,8 +83,11 @@ def check_text(text: str, field: str, settings: Settings) -> str:
     return text
 
 
-def decode_params(options: DecodingOptions, src_len: int, vocab_size: int, settings: Settings) -> DecodeParams:
-    """The request's decoding parameters within this server's and this model's limits;
+def decode_params(
+    options: DecodingOptions, src_len: int, vocab_size: int, settings: Settings, model_decoding: dict[str, Any]
+) -> DecodeParams:
+    """The request's decoding parameters within this server's and this model's limits, and with the
+    model's defaults (``model_decoding``: its manifest's, chosen on val) where the request has none;
     :class:`DecodeParams` checks everything else about them."""
     if options.top_k > vocab_size:
         raise InvalidRequest(f"top_k {options.top_k} is larger than the model's vocabulary of {vocab_size} pieces")
@@ -83,10 +97,12 @@ def decode_params(options: DecodingOptions, src_len: int, vocab_size: int, setti
         value = getattr(options, field)
         if value is not None and value > settings.max_output_tokens:
             raise InvalidRequest(f"{field} {value} is above the limit of {settings.max_output_tokens}")
-    max_length = options.max_length or min(2 * src_len + 10, settings.max_output_tokens)
+    max_length = options.max_length or min(source_length_cap(src_len), settings.max_output_tokens)
+    no_repeat = options.no_repeat_ngram_size
     try:
         return DecodeParams(
             max_length=max_length,
+            no_repeat_ngram_size=no_repeat if no_repeat is not None else model_decoding.get("no_repeat_ngram_size", 0),
             # a default max_length follows the source: min_length is capped by it, not refused
             min_length=options.min_length if options.max_length else min(options.min_length, max_length),
             **options.model_dump(include=_PASSED_AS_THEY_ARE),
@@ -113,16 +129,18 @@ def prepare(
     engine = registry.engine(entry)
     tokenizer = engine.info.source_tokenizer
     timeout_s = options.timeout or settings.request_timeout_s
+    end_mark = (entry.manifest.get("preprocessing") or {}).get("end_mark")
     requests = []
     for text, field in zip(texts, fields, strict=True):
-        ids = tokenizer.encode(check_text(text, field, settings))
+        ids = tokenizer.encode(end_sentence(check_text(text, field, settings), end_mark))
         if len(ids) > settings.max_input_tokens:
             raise InvalidRequest(
                 f"{field} is {len(ids)} tokens long; the limit is {settings.max_input_tokens}: split it into sentences"
             )
         if not ids:  # the schema's pattern knows nmt_nfkc; a model trained with other normalisation may differ
             raise InvalidRequest(f"{field} has no translatable content")
-        params = decode_params(options, len(ids), engine.info.target_tokenizer.vocab_size, settings)
+        vocab_size = engine.info.target_tokenizer.vocab_size
+        params = decode_params(options, len(ids), vocab_size, settings, entry.manifest.get("decoding") or {})
         requests.append(Request(uuid.uuid4().hex, ids, params, timeout_s, stream_tokens, return_attention, client))
     return Prepared(entry, engine, requests)
 
@@ -148,7 +166,7 @@ def record(request: HttpRequest, prepared: Prepared, streams: list[RequestStream
     request.state.timings = [t for t in timings if t is not None]
     tracer = request.app.state.tracer
     if tracer is not None:
-        record_engine_spans(tracer, prepared.entry.name, prepared.entry.version, prepared.requests, timings)
+        record_engine_spans(tracer, prepared.entry.name, prepared.version, prepared.requests, timings)
 
 
 async def wait_all(prepared: Prepared, streams: list[RequestStream], request: HttpRequest) -> list[list[Hypothesis]]:

@@ -46,6 +46,7 @@ async def translate(body: TranslateRequest, request: Request, registry: Registry
         return_attention=body.return_attention,
         client=client_name(request),
     )
+    request.state.model_version = prepared.version
     results = await wait_all(prepared, submit(prepared), request)
     tokenizer = prepared.engine.info.target_tokenizer
     translations = []
@@ -72,7 +73,7 @@ async def translate(body: TranslateRequest, request: Request, registry: Registry
     request.state.generated_tokens = output_tokens
     return TranslateResponse(
         model=entry.name,
-        version=entry.version,
+        version=prepared.version,
         source_lang=entry.manifest.get("source_lang"),
         target_lang=entry.manifest.get("target_lang"),
         translations=translations,

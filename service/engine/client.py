@@ -30,6 +30,7 @@ class EngineInfo:
 
     source_tokenizer: Tokenizer
     target_tokenizer: Tokenizer
+    version: str  # of the model this engine serves: the name of its directory in the store
     device: str
     dtype: str
     quantization: str
@@ -146,6 +147,7 @@ class LocalEngine(EngineClient):
         self.info = EngineInfo(
             model.loaded.source_tokenizer,
             model.loaded.target_tokenizer,
+            path.name,
             str(model.device),
             model.dtype_name,
             model.quantization,

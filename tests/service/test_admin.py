@@ -344,3 +344,28 @@ async def test_models_change_under_load_with_no_failed_request(store: Path, tmp_
         assert by_version["1"] != by_version["2"], by_version  # the versions really differ: the check means something
     assert before_unload - after_unload > 20 * 2**20, (before_unload, after_unload)  # its engine process is gone
     assert loaded - freed > 20 * 2**20 and abs(freed - after_unload) < 32 * 2**20, (after_unload, loaded, freed)
+
+
+async def test_with_api_keys_admin_actions_name_the_key_and_reload_rereads_the_keys_file(
+    app_client: AppClient, store: Path, tmp_path: Path, caplog
+):
+    caplog.set_level(logging.INFO, logger="service.admin")
+    keys = tmp_path / "keys.txt"
+    ops, app_key, later = "ops-" + "o" * 28, "app-" + "a" * 28, "new-" + "n" * 28
+    keys.write_text(f"ops {ops} admin\napp {app_key} infer\n")
+    async with app_client(model_store=store, api_keys_file=keys) as (client, _):
+        as_ops = {"Authorization": f"Bearer {ops}"}
+        assert (await client.post("/admin/reload")).status_code == 401
+        assert (await client.post("/admin/reload", headers={"Authorization": f"Bearer {app_key}"})).status_code == 403
+        keys.write_text(f"ops {ops} admin\nlater {later} infer\n")
+        reloaded = await client.post("/admin/reload", headers=as_ops)
+        assert reloaded.json() == {"results": [], "api_keys_reloaded": True}
+        answer = await client.post("/translate", json={"text": TEXTS[0]}, headers={"Authorization": f"Bearer {later}"})
+        assert answer.status_code == 200
+        assert (await client.post("/admin/models/translate-de-en-basic/unload", headers=as_ops)).status_code == 200
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "service.admin"]
+    assert [(r["who"], r["action"], r["outcome"]) for r in lines] == [
+        ("ops", "reload", "ok"),
+        ("ops", "unload", "unloaded"),
+    ]
+    assert ops not in caplog.text and later not in caplog.text
