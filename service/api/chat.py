@@ -72,7 +72,9 @@ async def chat(body: ChatRequest, request: Request, registry: RegistryDep, setti
     request.state.model = entry.name
     source = [source_text(body, entry.manifest)]
     options = body.model_copy(update={"min_length": max(1, body.min_length)})  # a reply is never empty
-    prepared = prepare(entry, registry, source, ["message"], options, settings, body.stream, client=client_name(request))
+    prepared = prepare(
+        entry, registry, source, ["message"], options, settings, body.stream, client=client_name(request)
+    )
     request.state.model_version = prepared.version
     streams = submit(prepared)
     tokenizer = prepared.engine.info.target_tokenizer
