@@ -42,3 +42,26 @@ async def test_a_readme_example_prints_what_the_server_replies(route: str, body:
         found = reply.find(piece.rstrip("}]"), position)
         assert found >= 0, f"README prints {piece!r}; the server replies {reply}"
         position = found
+
+
+CHAT_TABLE = re.compile(r"<!-- chat-en examples -->\n\| message \| reply \|\n\|---\|---\|\n((?:\|.*\|\n)+)")
+
+
+def chat_examples() -> list[tuple[str, str]]:
+    table = CHAT_TABLE.search(README)
+    assert table is not None, "the README's chat-en examples table was not found"
+    rows = [line.strip("|").split(" | ") for line in table.group(1).splitlines()]
+    return [(message.strip(), reply.strip()) for message, reply in rows]
+
+
+async def test_the_readme_chat_examples_are_what_chat_en_replies() -> None:
+    examples = chat_examples()
+    assert len(examples) == 10
+    settings = Settings(models=["chat-en"], threads=1, engine_process=False, restart_engines=False)
+    app = create_app(settings, load_in_background=False)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            for message, printed in examples:
+                body = {"message": message, "language": "en", "beam_size": 5}
+                reply = (await client.post("/chat", json=body)).json()["reply"]
+                assert reply == printed, (message, reply)
