@@ -2,7 +2,8 @@
 
 The request schemas are classes and know nothing of the settings; the limits that the
 settings set (text length, texts per request, beam size, output length) are written into
-the generated document once, when it is first asked for.
+the generated document once, when it is first asked for. With API keys on, so is the
+bearer scheme: each operation that needs a key says so, with its scope and its 401 and 403.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from service.auth import ANY_KEY, required_scope
 from service.settings import Settings
+
+ERROR_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
 
 
 def limits(settings: Settings) -> dict[str, dict[str, dict[str, int]]]:
@@ -28,6 +32,25 @@ def limits(settings: Settings) -> dict[str, dict[str, dict[str, int]]]:
         "TranslateRequest": {"text": text, "texts": {"maxItems": settings.max_texts}, **decoding},
         "ChatRequest": {"message": text, **decoding},
     }
+
+
+def document_security(document: dict[str, Any], settings: Settings) -> None:
+    """The bearer scheme, and on each operation that needs a key: which, and its 401 and 403."""
+    document["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "an API key: Authorization: Bearer <key>"}
+    }
+    for path, operations in document["paths"].items():
+        scope = required_scope(path, settings)
+        if scope is None:
+            continue
+        needs = "any API key" if scope == ANY_KEY else f"an API key with the `{scope}` scope"
+        for operation in operations.values():
+            operation["security"] = [{"bearer": []}]
+            operation["description"] = (operation.get("description", "") + f"\n\nNeeds {needs}.").strip()
+            responses = operation.setdefault("responses", {})
+            responses["401"] = {"description": "no API key, or an unknown one", "content": ERROR_BODY}
+            if scope != ANY_KEY:
+                responses["403"] = {"description": f"the key lacks the `{scope}` scope", "content": ERROR_BODY}
 
 
 def install(app: FastAPI, settings: Settings) -> None:
@@ -46,6 +69,8 @@ def install(app: FastAPI, settings: Settings) -> None:
                     elif "anyOf" in target:  # optional: the non-null branch
                         target = next(s for s in target["anyOf"] if s.get("type") != "null")
                     target.update(keywords)
+            if settings.auth_enabled:
+                document_security(document, settings)
             app.openapi_schema = document
         return app.openapi_schema
 

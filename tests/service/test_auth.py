@@ -188,6 +188,25 @@ async def test_without_keys_nothing_is_asked(app_client: AppClient) -> None:
         assert r.status_code == 200 and "RateLimit-Limit" not in r.headers
 
 
+async def test_the_openapi_document_says_which_operations_need_which_key(
+    app_client: AppClient, keys_file: Path
+) -> None:
+    async with app_client(**auth_settings(keys_file)) as (client, _):
+        document = (await client.get("/openapi.json")).json()
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            if path.startswith("/health") or path in ("/", "/metrics"):  # open (metrics: by default)
+                assert "security" not in operation and "401" not in operation["responses"], path
+                continue
+            assert operation["security"] == [{"bearer": []}], path
+            assert {"401", "403"} <= set(operation["responses"]), path
+            scope = "admin" if path.startswith("/admin") else "infer"
+            assert operation["description"].endswith(f"Needs an API key with the `{scope}` scope."), path
+    async with app_client() as (client, _):  # keys off: no scheme, nothing asked
+        assert "securitySchemes" not in (await client.get("/openapi.json")).json()["components"]
+
+
 # -- logs and metrics -------------------------------------------------------------------------------
 async def test_the_key_name_is_logged_and_counted_never_the_key(
     app_client: AppClient, keys_file: Path, caplog: pytest.LogCaptureFixture
