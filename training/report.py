@@ -1,6 +1,6 @@
 """The README's tables of bundled models, generated from their manifests.
 
-python -m training.report [--model-store model_store] [--table models|robustness]
+python -m training.report [--model-store model_store] [--table models|robustness|chat]
 """
 
 from __future__ import annotations
@@ -87,12 +87,35 @@ def robustness_table(store: Path) -> str:
     return "\n".join(rows)
 
 
+def chat_table(store: Path) -> str:
+    """Each chat model against the nearest-question lookup on its held-out split (``training.chat_eval``)."""
+    rows = [
+        "| model | held-out set | replies by | BLEU | chrF | distinct-1 | distinct-2 | copies of training answers |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, versions in store_versions(store).items():
+        m = read_manifest(store / name / versions[-1])
+        result = m.get("chat_evaluation")
+        if not result:
+            continue
+        for who, label in (("lookup", "nearest-question lookup"), ("greedy", "model, greedy"), ("beam", "model, beam")):
+            r = result[who]
+            rows.append(
+                f"| `{name}` v{m['version']} | {result['test_set']} | {label} | {r['bleu']:.1f} | {r['chrf']:.1f} "
+                f"| {r['distinct_1']:.2f} | {r['distinct_2']:.2f} | {r['copies_of_training_answers']} |"
+            )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-store", type=Path, default=MODEL_STORE)
-    p.add_argument("--table", choices=["models", "robustness"], default="models")
+    p.add_argument("--table", choices=sorted(TABLES), default="models")
     args = p.parse_args(argv)
-    print(table(args.model_store) if args.table == "models" else robustness_table(args.model_store))
+    print(TABLES[args.table](args.model_store))
+
+
+TABLES = {"models": table, "robustness": robustness_table, "chat": chat_table}
 
 
 if __name__ == "__main__":

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from tests.tiny_models import make_tiny_store
+from training import report
 from training.chat_eval import distinct, nearest_question_answers
 from training.robustness import choose, perturbed
 
@@ -22,16 +27,16 @@ def test_distinct_counts_unique_words_and_bigrams_over_all_replies():
     assert distinct([""], 2) == 0.0
 
 
-def report(bleu_g: float, bleu_b: float, caps: int) -> dict:
+def val_report(bleu_g: float, bleu_b: float, caps: int) -> dict:
     return {"greedy": {"bleu": bleu_g, "cap_hits": caps}, "beam": {"bleu": bleu_b, "cap_hits": 0}}
 
 
 def test_the_default_is_the_size_with_fewest_cap_hits_that_costs_no_bleu_on_val():
-    val = {"0": report(30.0, 31.0, 5), "3": report(30.1, 31.0, 0), "4": report(30.0, 31.2, 1)}
+    val = {"0": val_report(30.0, 31.0, 5), "3": val_report(30.1, 31.0, 0), "4": val_report(30.0, 31.2, 1)}
     assert choose(val) == 3
-    val["3"] = report(29.9, 31.5, 0)  # costs greedy BLEU: not chosen
+    val["3"] = val_report(29.9, 31.5, 0)  # costs greedy BLEU: not chosen
     assert choose(val) == 4
-    val["4"] = report(30.0, 30.9, 0)
+    val["4"] = val_report(30.0, 30.9, 0)
     assert choose(val) == 0  # nothing is free: off
 
 
@@ -40,3 +45,26 @@ def test_perturbed_sources_are_lowercased_at_the_start_without_a_final_period():
         ("ein Hund läuft", "A dog runs."),
         ("zwei Männer", "Two men"),
     ]
+
+
+def test_the_readme_tables_render_what_the_manifests_hold(tmp_path: Path):
+    store = make_tiny_store(tmp_path / "store")
+    lengths = {
+        "greedy": {"bleu": 30.0, "cap_hits": 4, "short": 1, "sentences": 9},
+        "beam": {"bleu": 31.0, "cap_hits": 2, "short": 0, "sentences": 9},
+    }
+    fixed = {"greedy": {**lengths["greedy"], "cap_hits": 0}, "beam": {**lengths["beam"], "bleu": 31.5, "cap_hits": 0}}
+    robustness = {"chosen": 3, "end_mark": ".", "setting": "3+.", "sets": {"val": {"0": lengths, "3+.": fixed}}}
+    replies = {"bleu": 12.0, "chrf": 20.0, "distinct_1": 0.5, "distinct_2": 0.75, "copies_of_training_answers": 7}
+    chat = {"test_set": "held-out 5% (9 pairs)", "lookup": replies, "greedy": replies, "beam": replies}
+    for name, extra in (("translate-de-en", {"robustness": robustness}), ("chat-en", {"chat_evaluation": chat})):
+        path = store / name / "1" / "manifest.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **extra}))
+    rows = report.robustness_table(store).splitlines()
+    assert rows[2:] == [
+        "| `translate-de-en` v1 | no-repeat 3, end mark `.` | val (9) | 4 → 0 | 1 → 1 | 30.00 → 30.00 | 2 → 0 | 0 → 0 "
+        "| 31.00 → 31.50 |"
+    ]
+    chat_rows = report.chat_table(store).splitlines()[2:]
+    assert [r.split(" | ")[2] for r in chat_rows] == ["nearest-question lookup", "model, greedy", "model, beam"]
+    assert chat_rows[0].endswith("| 12.0 | 20.0 | 0.50 | 0.75 | 7 |")
