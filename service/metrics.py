@@ -26,6 +26,12 @@ class Metrics:
         self.requests = Counter(
             "seq2seq_requests", "HTTP requests by route and status", ["route", "status"], registry=r
         )
+        self.errors = Counter(
+            "seq2seq_errors",
+            "error replies by route and the code of their body (overloaded, rate_limited, invalid_request, ...)",
+            ["route", "code"],
+            registry=r,
+        )
         self.latency = Histogram(
             "seq2seq_request_latency_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
         )

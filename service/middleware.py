@@ -40,11 +40,12 @@ class RequestContextMiddleware:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             await self._reply_too_large(send, request_id, int(length))
-            self._record(scope, 413, started, request_id)
+            self._record(scope, 413, started, request_id, PayloadTooLarge.code)
             return
 
         received = 0
         too_large = replied = response_started = False
+        error_code: str | None = None  # of an error reply, read from its body
 
         async def limited_receive() -> Message:
             nonlocal received, too_large
@@ -57,7 +58,7 @@ class RequestContextMiddleware:
             return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, replied, response_started
+            nonlocal status, replied, response_started, error_code
             if too_large:  # whatever the app made of the aborted body read, the answer is 413
                 if not replied:
                     replied, status = True, 413
@@ -71,6 +72,8 @@ class RequestContextMiddleware:
                     (b"x-content-type-options", b"nosniff"),  # a JSON error is never read as a page
                     *_model_headers(state),
                 ]
+            elif message["type"] == "http.response.body" and status >= 400 and error_code is None:
+                error_code = _error_code(message.get("body", b""))
             await send(message)
 
         try:
@@ -88,7 +91,11 @@ class RequestContextMiddleware:
                 error = InternalError(f"internal error: {type(exc).__name__}")
                 await self._reply(send, request_id, error)
         finally:
-            self._record(scope, status, started, request_id)
+            if too_large:
+                error_code = PayloadTooLarge.code
+            elif status == 500 and error_code is None:
+                error_code = InternalError.code
+            self._record(scope, status, started, request_id, error_code)
 
     async def _reply_too_large(self, send: Send, request_id: str, size: int) -> None:
         error = PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {self.max_body_bytes}")
@@ -110,7 +117,7 @@ class RequestContextMiddleware:
         )
         await send({"type": "http.response.body", "body": body})
 
-    def _record(self, scope: Scope, status: int, started: float, request_id: str) -> None:
+    def _record(self, scope: Scope, status: int, started: float, request_id: str, error_code: str | None) -> None:
         latency = time.perf_counter() - started
         route = getattr(scope.get("route"), "path", None)
         if route is None:  # files of a mounted app (the web page's /static) carry no route object
@@ -118,6 +125,8 @@ class RequestContextMiddleware:
         state = scope.get("state", {})
         self.metrics.requests.labels(route, str(status)).inc()
         self.metrics.latency.labels(route).observe(latency)
+        if status >= 400 and error_code is not None:
+            self.metrics.errors.labels(route, error_code).inc()
         key = state.get("api_key")  # the API key's name (service/auth.py), never the key
         if key is not None:
             self.metrics.key_requests.labels(key, str(status)).inc()
@@ -159,6 +168,15 @@ def _access_line(fields: dict[str, Any]) -> str:
     head = ("method", "route", "status")
     rest = " ".join(f"{k}={v}" for k, v in fields.items() if k not in head and v is not None)
     return f"{fields['method']} {fields['route']} {fields['status']} {rest}"
+
+
+def _error_code(body: bytes) -> str:
+    """The ``error.code`` of an error reply's body (every JSON error has one); ``http_error`` otherwise."""
+    try:
+        code = json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return "http_error"
+    return code if isinstance(code, str) else "http_error"
 
 
 def _model_headers(state: dict[str, Any]) -> list[tuple[bytes, bytes]]:

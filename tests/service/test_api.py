@@ -290,3 +290,20 @@ async def test_readiness_with_a_failed_model_is_the_operators_choice(
         models = {m["name"]: m for m in (await client.get("/models")).json()["models"]}
         assert models["chat-en"]["status"] == "failed" and "model.safetensors" in models["chat-en"]["error"]
         assert (await client.post("/translate", json={"text": GERMAN})).status_code == 200
+
+
+async def test_error_replies_are_counted_by_the_code_of_their_body(app_client: AppClient) -> None:
+    async with app_client(max_body_bytes=2048) as (client, _):
+        assert (await client.post("/translate", json={"text": ""})).status_code == 422
+        assert (await client.post("/translate", json={"text": "Hallo", "model": "nope"})).status_code == 404
+        assert (await client.post("/translate", content=b"{" + b" " * 4000 + b"}")).status_code == 413
+        assert (await client.get("/no-such-route")).status_code == 404
+        assert (await client.post("/translate", json={"text": "Ein Hund."})).status_code == 200
+        text = (await client.get("/metrics")).text
+    counted = {line.split(" ")[0] for line in text.splitlines() if line.startswith("seq2seq_errors_total{")}
+    assert counted == {
+        'seq2seq_errors_total{code="invalid_request",route="/translate"}',
+        'seq2seq_errors_total{code="model_not_found",route="/translate"}',
+        'seq2seq_errors_total{code="payload_too_large",route="unmatched"}',  # refused before routing
+        'seq2seq_errors_total{code="not_found",route="unmatched"}',
+    }
