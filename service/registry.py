@@ -5,8 +5,8 @@ tensor side is a callable that turns a model directory into a started engine,
 so tests can exercise the registry without loading a network. A model's status is
 derived in one place, :attr:`ModelEntry.status`, and every response reports that.
 
-At run time the admin API changes what serves (:meth:`Registry.deploy`, :meth:`Registry.unload`,
-:meth:`Registry.reload`). A new version loads in an engine of its own beside the one serving;
+At run time the admin API changes what serves (:meth:`Registry.deploy`, :meth:`Registry.unload`;
+:meth:`Registry.outdated` lists what a reload loads). A new version loads in an engine of its own beside the one serving;
 one assignment on the event loop then points the model at it, so every request is admitted by
 exactly one engine (handlers resolve and submit without awaiting in between), and the old engine
 drains what it admitted and stops.
@@ -126,7 +126,7 @@ class Registry:
         self.required = list(required or [])
         self.draining = False
         self.known = set(self.entries)  # names seen; a reload adds only models new to the store
-        self.pins = {w.split("@", 1)[0] for w in wanted or []}  # --models: a reload adds nothing else
+        self.wanted = {w.split("@", 1)[0] for w in wanted or []}  # --models: a reload adds nothing else
         self.unloading: dict[str, ModelEntry] = {}  # unloaded, still draining
         self.loading: dict[str, str] = {}  # name -> the version loading beside what serves (admin actions)
         self.failed: dict[tuple[str, str], str] = {}  # (name, version) -> why its latest admin load failed
@@ -307,31 +307,19 @@ class Registry:
                 del self.unloading[name]
             return entry
 
-    def outdated(self) -> list[str]:
-        """What a reload would load, as ``name@version``: each model whose newest version on disk is
-        newer than the one it serves (pinned ones excepted), and each model new to the store."""
+    def outdated(self) -> list[tuple[str, str]]:
+        """What a reload loads, as (name, version): each model whose newest version on disk is newer
+        than the one it serves (pinned ones excepted), and each model new to the store; a version
+        whose load failed is left for an operator to load by hand."""
         pending = []
         for name, versions in store_versions(self.store).items():
             entry = self.entries.get(name)
             if entry is None:
-                if name not in self.known and (not self.pins or name in self.pins):
-                    pending.append(f"{name}@{versions[-1]}")
+                if name not in self.known and (not self.wanted or name in self.wanted):
+                    pending.append((name, versions[-1]))
             elif not entry.pinned and version_key(versions[-1]) > version_key(entry.version):
-                pending.append(f"{name}@{versions[-1]}")
-        return [p for p in pending if tuple(p.split("@", 1)) not in self.failed]  # failed once: loaded by hand
-
-    async def reload(self, factory: EngineFactory, grace_s: float) -> list[dict[str, str]]:
-        """Load what :meth:`outdated` lists, one model after another; a failure leaves that model as it
-        was and the others still load. Returns what happened to each."""
-        results = []
-        for target in self.outdated():
-            name, version = target.split("@", 1)
-            try:
-                await self.deploy(name, version, factory, grace_s)
-                results.append({"model": name, "version": version, "outcome": "loaded"})
-            except (ModelLoadFailed, ModelNotFound) as exc:
-                results.append({"model": name, "version": version, "outcome": "failed", "error": exc.message})
-        return results
+                pending.append((name, versions[-1]))
+        return [target for target in pending if target not in self.failed]
 
     # -- resolution ----------------------------------------------------------------------------
     def engine(self, entry: ModelEntry) -> EngineClient:

@@ -15,10 +15,11 @@ from fastapi import APIRouter, Request
 
 from seq2seq.checkpoint import store_versions, version_key
 from service.api.errors import ERROR_RESPONSES
+from service.auth import client_name
 from service.deps import EngineFactoryDep, MetricsDep, RegistryDep, SettingsDep
-from service.errors import ServiceError
+from service.errors import ModelLoadFailed, ModelNotFound, ServiceError
 from service.metrics import Metrics
-from service.registry import EngineFactory, Registry
+from service.registry import EngineFactory, ModelEntry, ModelStatus, Registry
 from service.schemas import (
     AdminModel,
     AdminModelList,
@@ -52,16 +53,16 @@ def admin_model(name: str, registry: Registry, on_disk: list[str]) -> AdminModel
     states: dict[str, tuple[str, str | None]] = {}
     for (model, version), error in registry.failed.items():
         if model == name:
-            states[version] = ("failed", error)
+            states[version] = (ModelStatus.FAILED, error)
     active = registry.entries.get(name)
     unloading = registry.unloading.get(name)
     for entry in (e for e in (active, unloading) if e is not None):
         for engine in entry.draining:
-            states[engine.info.version] = ("draining", None)
+            states[engine.info.version] = (ModelStatus.DRAINING, None)
     if active is not None:
-        states[active.version] = (active.status.value, active.error)
+        states[active.version] = (active.status, active.error)
     if name in registry.loading:
-        states[registry.loading[name]] = ("loading", None)
+        states[registry.loading[name]] = (ModelStatus.LOADING, None)
     versions = [
         AdminVersion(
             version=v,
@@ -75,9 +76,9 @@ def admin_model(name: str, registry: Registry, on_disk: list[str]) -> AdminModel
     if active is not None:
         status = active.status.value
     elif unloading is not None:
-        status = "draining"
+        status = ModelStatus.DRAINING
     else:
-        status = "loading" if name in registry.loading else "not_loaded"
+        status = ModelStatus.LOADING if name in registry.loading else "not_loaded"
     return AdminModel(
         name=name,
         active_version=active.version if active is not None else None,
@@ -92,7 +93,7 @@ def _admin_view(name: str, registry: Registry) -> AdminModel:
 
 def audit(request: Request, action: str, outcome: str, started: float, **fields: object) -> None:
     """One structured line per admin action: who, what, how it ended. Never the key itself."""
-    who = getattr(request.state, "api_key", None) or "anonymous"
+    who = client_name(request) or "anonymous"
     record = {"who": who, "action": action, **fields, "outcome": outcome}
     record["seconds"] = round(time.perf_counter() - started, 3)
     log.info(json.dumps(record, ensure_ascii=False))
@@ -124,19 +125,27 @@ async def load(
     started = time.perf_counter()
     version = body.version if body is not None else None
     try:
-        entry = await registry.deploy(name, version, factory, settings.shutdown_grace_s)
+        entry = await deploy(registry, name, version, factory, metrics, settings.shutdown_grace_s)
     except ServiceError as exc:
-        _count_load(metrics, name, "failed")
         audit(request, "load", exc.code, started, model=name, version=version, error=exc.message)
         raise
-    metrics.model_swap.labels(name).observe(time.perf_counter() - started)
-    _count_load(metrics, name, "loaded")
     audit(request, "load", "loaded", started, model=name, version=entry.version)
     return _admin_view(name, registry)
 
 
-def _count_load(metrics: Metrics, name: str, outcome: str) -> None:
-    metrics.model_loads.labels(name, outcome).inc()
+async def deploy(
+    registry: Registry, name: str, version: str | None, factory: EngineFactory, metrics: Metrics, grace_s: float
+) -> ModelEntry:
+    """:meth:`Registry.deploy`, counted: its outcome, and the time until the new version serves."""
+    started = time.perf_counter()
+    try:
+        entry = await registry.deploy(name, version, factory, grace_s)
+    except ServiceError:
+        metrics.model_loads.labels(name, "failed").inc()
+        raise
+    metrics.model_swap.labels(name).observe(time.perf_counter() - started)
+    metrics.model_loads.labels(name, "loaded").inc()
+    return entry
 
 
 @router.post("/models/{name}/unload", response_model=AdminModel, responses=UNLOAD_ERRORS)
@@ -164,8 +173,8 @@ async def reload(
     newest version is newer than the one serving, and each model new to the store. A keys file that
     does not parse is a 422 before any model changes."""
     started = time.perf_counter()
-    keys = getattr(request.app.state, "keys", None)
-    keys_reloaded = keys is not None and keys.path is not None
+    keys = request.app.state.keys
+    keys_reloaded = keys.path is not None
     if keys_reloaded:
         try:
             keys.reload()
@@ -183,9 +192,14 @@ async def reload(
 async def reload_store(
     registry: Registry, factory: EngineFactory, metrics: Metrics, grace_s: float
 ) -> list[ReloadResult]:
-    """What ``/admin/reload`` and ``--watch-store`` do to the models, with their metrics."""
+    """What ``/admin/reload`` and ``--watch-store`` do to the models: load what
+    :meth:`Registry.outdated` lists, one after another; a failure leaves that model as it was and
+    the others still load."""
     results = []
-    for result in await registry.reload(factory, grace_s):
-        _count_load(metrics, result["model"], result["outcome"])
-        results.append(ReloadResult(**result))
+    for name, version in registry.outdated():
+        try:
+            await deploy(registry, name, version, factory, metrics, grace_s)
+            results.append(ReloadResult(model=name, version=version, outcome="loaded"))
+        except (ModelLoadFailed, ModelNotFound) as exc:
+            results.append(ReloadResult(model=name, version=version, outcome="failed", error=exc.message))
     return results
