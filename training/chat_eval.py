@@ -26,6 +26,7 @@ import torch
 from seq2seq.checkpoint import MANIFEST, load_model_dir
 from seq2seq.decoding import DecodeParams
 from training.data import Pair, load_corpus
+from training.evaluate import corpus_of_model
 from training.scoring import bleu_scores, translate_all
 
 log = logging.getLogger("training.chat_eval")
@@ -82,14 +83,10 @@ def describe(replies: list[str], references: list[str], training_answers: set[st
 
 def chat_eval(model_dir: Path) -> dict[str, Any]:
     loaded = load_model_dir(model_dir)
-    m = loaded.manifest
-    trained_on = m.get("training", {}).get("hyperparameters", {})
-    corpus = load_corpus(
-        trained_on["corpus"], src=m["source_lang"], tgt=m["target_lang"], seed=int(trained_on.get("seed", 1))
-    )
+    corpus = load_corpus(**corpus_of_model(loaded.manifest))
     questions, references = [q for q, _ in corpus.test], [a for _, a in corpus.test]
     training_answers = {a for _, a in corpus.train}
-    tuned = m.get("decoding") or {}
+    tuned = loaded.manifest.get("decoding") or {}
     beam = DecodeParams(
         min_length=1,
         beam_size=tuned.get("beam_size", 5),

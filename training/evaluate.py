@@ -50,6 +50,19 @@ def corpus_of_run(info: dict[str, Any], corpus: str | None = None, src: str | No
     }
 
 
+def corpus_of_model(
+    manifest: dict[str, Any], corpus: str | None = None, src: str | None = None, tgt: str | None = None
+) -> dict[str, Any]:
+    """``load_corpus`` arguments for the data a packaged model (its manifest) trained on."""
+    trained_on = manifest.get("training", {}).get("hyperparameters", {})
+    return {
+        "name": corpus or trained_on.get("corpus", "multi30k"),
+        "src": src or manifest["source_lang"],
+        "tgt": tgt or manifest["target_lang"],
+        "seed": int(trained_on.get("seed", 1)),  # the chat corpora's held-out split depends on it
+    }
+
+
 def load_run(run_dir: Path, weights: str | None = None) -> tuple[Seq2Seq, Tokenizer, Tokenizer, dict[str, Any]]:
     """The run's model (``weights``: a file of the run; default :func:`run_weights`) and tokenizers."""
     info = json.loads((run_dir / "run.json").read_text())
@@ -133,15 +146,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         loaded = load_model_dir(args.model_dir)
         model, src_tok, tgt_tok = loaded.model, loaded.source_tokenizer, loaded.target_tokenizer
-        m = loaded.manifest
-        trained_on = m.get("training", {}).get("hyperparameters", {})
-        corpus = load_corpus(
-            args.corpus or trained_on.get("corpus", "multi30k"),
-            src=args.src or m["source_lang"],
-            tgt=args.tgt or m["target_lang"],
-            seed=int(trained_on.get("seed", 1)),  # the chat corpora's held-out split depends on it
-        )
-        tuned = m.get("decoding") or {}
+        corpus = load_corpus(**corpus_of_model(loaded.manifest, args.corpus, args.src, args.tgt))
+        tuned = loaded.manifest.get("decoding") or {}
     model = optimize_for_inference(model.to(getattr(torch, args.dtype)), args.quantize)  # the form the service runs
     beam_size = args.beam_size or tuned.get("beam_size", 5)
     alpha = args.length_penalty if args.length_penalty is not None else tuned.get("length_penalty", 1.0)

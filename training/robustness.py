@@ -39,6 +39,7 @@ from seq2seq.decoding import DecodeParams, FinishReason
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import Tokenizer, ends_sentence
 from training.data import Pair, hurried, load_corpus
+from training.evaluate import corpus_of_model
 from training.scoring import bleu_scores, decode_all
 
 log = logging.getLogger("training.robustness")
@@ -95,15 +96,8 @@ def choose(val: dict[str, dict[str, dict[str, Any]]]) -> int:
 
 def robustness(model_dir: Path, sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
     loaded = load_model_dir(model_dir)
-    m = loaded.manifest
-    trained_on = m.get("training", {}).get("hyperparameters", {})
-    corpus = load_corpus(
-        trained_on.get("corpus", "multi30k"),
-        src=m["source_lang"],
-        tgt=m["target_lang"],
-        seed=int(trained_on.get("seed", 1)),  # the chat corpora's held-out split depends on it
-    )
-    tuned = m.get("decoding") or {}
+    corpus = load_corpus(**corpus_of_model(loaded.manifest))
+    tuned = loaded.manifest.get("decoding") or {}
     beam = {"beam_size": tuned.get("beam_size", 5), "length_penalty": tuned.get("length_penalty", 1.0)}
     ending = sum(ends_sentence(s) for s, _ in corpus.train) / max(1, len(corpus.train))
     mark = "." if ending >= END_MARK_SHARE else None
