@@ -6,8 +6,10 @@ land in ``artifacts/web/`` (gitignored) for a person to look at.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -223,21 +225,29 @@ def test_keyboard_focus_is_visible_and_controls_are_labelled(page: Any, web_env:
     assert unlabelled == []
 
 
-def test_the_page_runs_under_its_own_csp(browser: Any, web_env: WebEnv) -> None:
-    """With the policy in force (no bypass): the page loads its script and styles, fills its
-    pickers from the API and logs no violation."""
-    context = browser.new_context()
+@contextlib.contextmanager
+def under_csp(browser: Any, **options: Any) -> Iterator[tuple[Any, list[str]]]:
+    """A page in a context of its own with the page's policy in force (the tests' shared context
+    bypasses it), and the script errors and console errors (CSP violations among them) it logs."""
+    context = browser.new_context(**options)
     try:
         page = context.new_page()
         problems: list[str] = []
         page.on("pageerror", lambda exc: problems.append(str(exc)))
         page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+        yield page, problems
+    finally:
+        context.close()
+
+
+def test_the_page_runs_under_its_own_csp(browser: Any, web_env: WebEnv) -> None:
+    """With the policy in force (no bypass): the page loads its script and styles, fills its
+    pickers from the API and logs no violation."""
+    with under_csp(browser) as (page, problems):
         page.goto(f"{web_env.service.url}/#translate")
         page.wait_for_selector("#translate-model option[value^='pair:']", state="attached")
         page.wait_for_selector("#chat-model option[value='detect:']", state="attached")
         assert not problems, problems
-    finally:
-        context.close()
 
 
 def translate_requests(page: Any) -> list[dict[str, Any]]:
@@ -325,12 +335,7 @@ def test_attention_heatmap_with_pointer_and_keyboard(page: Any, web_env: WebEnv,
 def test_attention_in_the_compare_view_and_under_the_pages_csp(browser: Any, web_env: WebEnv, artifacts: Path) -> None:
     """Attention models draw their matrix, the others say why they have none; with the policy in
     force the heatmap breaks no rule (its shades are SVG attributes, not inline styles)."""
-    context = browser.new_context(viewport={"width": 1100, "height": 900})
-    try:
-        page = context.new_page()
-        problems: list[str] = []
-        page.on("pageerror", lambda exc: problems.append(str(exc)))
-        page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    with under_csp(browser, viewport={"width": 1100, "height": 900}) as (page, problems):
         page.goto(f"{web_env.service.url}/#compare")
         page.wait_for_selector("#compare-rows tr[data-model]")
         page.check("#compare-attention")
@@ -347,5 +352,3 @@ def test_attention_in_the_compare_view_and_under_the_pages_csp(browser: Any, web
         assert page.is_hidden("#compare-error")
         page.screenshot(path=str(artifacts / "compare-attention.png"), full_page=True)
         assert not problems, problems
-    finally:
-        context.close()
