@@ -27,10 +27,9 @@ def end_sentence(text: str, mark: str | None) -> str:
     length cap). Models like that declare the mark in their manifest
     (``preprocessing.end_mark``) and get it added to such sources.
     """
-    stripped = text.rstrip()
-    if mark is None or not stripped or stripped[-1] in SENTENCE_ENDS:
+    if mark is None or not text.strip() or ends_sentence(text):
         return text
-    return stripped + mark
+    return text.rstrip() + mark
 
 
 def ends_sentence(text: str) -> bool:

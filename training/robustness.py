@@ -3,9 +3,10 @@
     python -m training.robustness --model-dir model_store/translate-de-en/2 [--apply]
 
 For val, test and ``val-perturbed`` (val's captions as people type them: first letter in
-lower case, no final period; less like the training data than val is), greedy and beam (the manifest's beam size and length penalty), each with
-``no_repeat_ngram_size`` 0 (off) and each of ``--sizes``, as the server decodes (the length
-cap follows the source: :func:`~seq2seq.decoding.source_length_cap`):
+lower case, no final period; less like the training data than val is), greedy and beam (the
+manifest's beam size and length penalty), each with ``no_repeat_ngram_size`` 0 (off) and each
+of ``--sizes``, as the server decodes (the length cap follows the source:
+:func:`~seq2seq.decoding.source_length_cap`):
 
 - BLEU and chrF;
 - ``cap_hits``: outputs that ran into the length cap (loops, nearly always);

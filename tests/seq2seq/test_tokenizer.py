@@ -10,7 +10,7 @@ import pytest
 import sentencepiece as spm
 
 from seq2seq.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from seq2seq.tokenizer import IncrementalDetokenizer, Tokenizer, TokenizerError
+from seq2seq.tokenizer import IncrementalDetokenizer, Tokenizer, TokenizerError, end_sentence, ends_sentence
 
 WORDS = "the a cat dog sat on mat red blue house tree river quickly slowly jumped over under big small".split()
 
@@ -89,3 +89,13 @@ def test_incremental_detokenizer_ignores_special_ids(tokenizer: Tokenizer) -> No
     deltas = [detok.push(i) for i in [BOS_ID, *ids, EOS_ID]]
     assert deltas[0] == "" and deltas[-1] == ""
     assert "".join(deltas) == "big dog"
+
+
+def test_end_sentence_adds_the_mark_only_to_a_text_that_ends_no_sentence() -> None:
+    assert end_sentence("Ein Hund läuft", ".") == "Ein Hund läuft."
+    assert end_sentence("Ein Hund läuft  ", ".") == "Ein Hund läuft."
+    for done in ("Ein Hund läuft.", "Läuft er?", "Lauf!", 'Er sagt „ja"', "(so)"):
+        assert end_sentence(done, ".") == done
+    assert end_sentence("   ", ".") == "   "  # nothing to end
+    assert end_sentence("Ein Hund läuft", None) == "Ein Hund läuft"  # the model declares no mark
+    assert ends_sentence("Ja.") and not ends_sentence("Ja") and not ends_sentence("")

@@ -49,3 +49,26 @@ async def test_no_repeat_ngram_size_out_of_range_is_422(app_client: AppClient):
         for value in (9, -1, "3", True, 2.5):
             r = await client.post("/translate", json={"text": TEXTS[0], "no_repeat_ngram_size": value})
             assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", (value, r.text)
+
+
+async def test_the_models_end_mark_ends_a_source_that_ends_no_sentence(
+    app_client: AppClient, tiny_store: Path, tmp_path: Path
+):
+    store = Path(shutil.copytree(tiny_store, tmp_path / "model_store"))
+    path = store / "translate-de-en" / "1" / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "preprocessing": {"end_mark": "."}}))
+
+    async def translate(client, text: str) -> dict:
+        r = await client.post("/translate", json={"text": text, "model": "translate-de-en", "max_length": 20})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async with app_client(model_store=store) as (client, _):
+        bare, ended = (
+            await translate(client, "Ein Mann spielt im Park"),
+            await translate(client, "Ein Mann spielt im Park."),
+        )
+    assert bare["translations"] == ended["translations"] and bare["usage"] == ended["usage"]
+    async with app_client(model_store=tiny_store) as (client, _):  # no mark declared: the source as it is
+        plain = await translate(client, "Ein Mann spielt im Park")
+    assert plain["usage"]["input_tokens"] < ended["usage"]["input_tokens"]
