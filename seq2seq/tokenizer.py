@@ -37,6 +37,11 @@ def ends_sentence(text: str) -> bool:
     return bool(stripped) and stripped[-1] in SENTENCE_ENDS
 
 
+def seed_sampling(seed: int) -> None:
+    """Seed SentencePiece's generator (one for the process), so that drawn segmentations repeat."""
+    spm.set_random_generator_seed(seed)
+
+
 class TokenizerError(ValueError):
     pass
 
@@ -101,6 +106,13 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """Text -> piece ids, without BOS/EOS."""
         return self.sp.EncodeAsIds(text)
+
+    def sample_encode(self, text: str, alpha: float) -> list[int]:
+        """One segmentation of ``text`` drawn from the unigram model (subword regularisation,
+        Kudo 2018): the smaller ``alpha``, the further from the best one. Training on drawn
+        segmentations teaches a model that one word can come in several pieces, as it does in
+        paraphrases. Draws follow :func:`seed_sampling`."""
+        return self.sp.Encode(text, enable_sampling=True, alpha=alpha, nbest_size=-1)
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.DecodeIds([i for i in ids if i > EOS_ID])

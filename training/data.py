@@ -195,12 +195,14 @@ class Batch:
 
 
 def encode_pairs(
-    pairs: list[Pair], src_tok: Tokenizer, tgt_tok: Tokenizer, max_len: int
+    pairs: list[Pair], src_tok: Tokenizer, tgt_tok: Tokenizer, max_len: int, source_alpha: float = 0.0
 ) -> list[tuple[list[int], list[int]]]:
-    """Tokenize and drop pairs whose either side is empty or longer than ``max_len`` pieces."""
+    """Tokenize and drop pairs whose either side is empty or longer than ``max_len`` pieces.
+    ``source_alpha`` > 0 draws each source's segmentation (:meth:`Tokenizer.sample_encode`)."""
     out = []
     for s, t in pairs:
-        si, ti = src_tok.encode(s), tgt_tok.encode(t)
+        si = src_tok.sample_encode(s, source_alpha) if source_alpha else src_tok.encode(s)
+        ti = tgt_tok.encode(t)
         if 0 < len(si) <= max_len and 0 < len(ti) <= max_len:
             out.append((si, ti))
     return out

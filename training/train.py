@@ -37,7 +37,7 @@ from seq2seq.checkpoint import load_weights, save_weights
 from seq2seq.config import PAD_ID, ModelConfig
 from seq2seq.decoding import DecodeParams
 from seq2seq.model import Seq2Seq
-from seq2seq.tokenizer import Tokenizer
+from seq2seq.tokenizer import Tokenizer, seed_sampling
 from training.curves import write_curve
 from training.data import (
     CORPORA,
@@ -111,6 +111,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--augment-sources",
         action="store_true",
         help="also train on each pair with its source typed in a hurry (no final punctuation, lower-case start)",
+    )
+    p.add_argument(
+        "--subword-sampling",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="draw every training source's segmentation anew each epoch (SentencePiece alpha, e.g. 0.2); 0: off",
     )
     p.add_argument(
         "--val-bleu-sentences", type=int, default=0, help="greedy val BLEU after each epoch on this many; 0: all"
@@ -304,11 +311,21 @@ class Trainer:
         write_curve(self.state.history, self.run_dir)
         return self.state
 
+    def epoch_examples(self) -> list[tuple[list[int], list[int]]]:
+        """This epoch's training examples: with ``--subword-sampling``, sources segmented anew,
+        drawn from a seed of the epoch, so that a resumed epoch sees the same batches."""
+        if not self.args.subword_sampling:
+            return self.train_examples
+        seed_sampling(self.args.seed * 1000 + self.state.epoch)
+        return encode_pairs(
+            self.corpus.train, self.src_tok, self.tgt_tok, self.args.max_len, self.args.subword_sampling
+        )
+
     def train_epoch(self, started: float, budget_s: float) -> bool:
         args, st = self.args, self.state
         self.model.train()
         torch.manual_seed(args.seed * 1000 + st.epoch * 100 + st.batch)
-        epoch_batches = list(batches(self.train_examples, args.max_tokens, shuffle_seed=args.seed * 1000 + st.epoch))
+        epoch_batches = list(batches(self.epoch_examples(), args.max_tokens, shuffle_seed=args.seed * 1000 + st.epoch))
         last_ckpt = time.monotonic()
         bar = tqdm(
             total=len(epoch_batches), initial=st.batch, desc=f"epoch {st.epoch + 1}", mininterval=10, leave=False

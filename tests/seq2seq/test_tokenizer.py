@@ -10,7 +10,14 @@ import pytest
 import sentencepiece as spm
 
 from seq2seq.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from seq2seq.tokenizer import IncrementalDetokenizer, Tokenizer, TokenizerError, end_sentence, ends_sentence
+from seq2seq.tokenizer import (
+    IncrementalDetokenizer,
+    Tokenizer,
+    TokenizerError,
+    end_sentence,
+    ends_sentence,
+    seed_sampling,
+)
 
 WORDS = "the a cat dog sat on mat red blue house tree river quickly slowly jumped over under big small".split()
 
@@ -33,6 +40,23 @@ def test_train_writes_model_file_and_fixes_special_ids(tokenizer: Tokenizer) -> 
     assert 20 < tokenizer.vocab_size <= 60
     reloaded = Tokenizer.load(tokenizer.path)
     assert reloaded.vocab_size == tokenizer.vocab_size
+
+
+def test_sample_encode_draws_other_segmentations_of_the_same_text_and_repeats_with_the_seed(
+    tokenizer: Tokenizer,
+) -> None:
+    texts = word_sentences(50, seed=2)
+
+    def draw() -> list[list[int]]:
+        seed_sampling(7)
+        return [tokenizer.sample_encode(t, alpha=0.2) for t in texts]
+
+    drawn = draw()
+    assert [tokenizer.decode(ids) for ids in drawn] == texts  # the same text, in other pieces
+    assert sum(ids != tokenizer.encode(t) for ids, t in zip(drawn, texts, strict=True)) >= 10
+    assert draw() == drawn
+    seed_sampling(8)
+    assert [tokenizer.sample_encode(t, alpha=0.2) for t in texts] != drawn
 
 
 def test_round_trip(tokenizer: Tokenizer) -> None:

@@ -94,15 +94,19 @@ def count_train_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def test_resume_mid_epoch_continues_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("extra", [(), ("--subword-sampling", "0.2")], ids=["best-segmentation", "subword-sampling"])
+def test_resume_mid_epoch_continues_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: tuple[str, ...]
+) -> None:
+    """Also with ``--subword-sampling``: a resumed epoch draws the same segmentations."""
     # Reference: two epochs without interruption.
-    reference = run_train(small_run(tmp_path, "straight"))
+    reference = run_train(small_run(tmp_path, "straight", *extra))
     per_epoch = reference["step"] // 2
     assert reference["epoch"] == 2 and per_epoch > 3
 
     # A tiny time budget stops after the first batch, with a checkpoint that says so.
     calls = count_train_batches(monkeypatch)
-    stopped = run_train(small_run(tmp_path, "resumed", "--time-budget", "0.00001"))
+    stopped = run_train(small_run(tmp_path, "resumed", "--time-budget", "0.00001", *extra))
     assert (stopped["epoch"], stopped["batch"], stopped["step"], stopped["done"]) == (0, 1, 1, False)
     saved = json.loads((tmp_path / "resumed" / "trainer_state.json").read_text())
     assert (saved["epoch"], saved["batch"], saved["step"]) == (0, 1, 1)
@@ -112,7 +116,7 @@ def test_resume_mid_epoch_continues_where_it_stopped(tmp_path: Path, monkeypatch
 
     # Running again continues at batch 2 of epoch 1: no batch is trained twice.
     calls.clear()
-    resumed = run_train(small_run(tmp_path, "resumed"))
+    resumed = run_train(small_run(tmp_path, "resumed", *extra))
     assert len(calls) == 2 * per_epoch - 1
     assert resumed["step"] == reference["step"] and resumed["epoch"] == 2 and resumed["done"]
     # Same batches, same restored weights and Adam moments: the same model as the uninterrupted run.
@@ -123,6 +127,19 @@ def test_resume_mid_epoch_continues_where_it_stopped(tmp_path: Path, monkeypatch
     assert straight.keys() == again.keys()
     for name, tensor in straight.items():
         torch.testing.assert_close(again[name], tensor, atol=1e-4, rtol=1e-4)
+
+
+def test_subword_sampling_segments_the_sources_anew_each_epoch(tmp_path: Path) -> None:
+    args = train.parse_args(small_run(tmp_path, "sampled", "--subword-sampling", "0.2"))
+    trainer = train.Trainer(args)
+    first = trainer.epoch_examples()
+    assert trainer.epoch_examples() == first  # the same epoch: the same draws
+    assert first != trainer.train_examples  # not the best segmentation
+    assert [t for _, t in first] == [t for _, t in trainer.train_examples]  # targets keep theirs
+    trainer.state.epoch = 1
+    assert trainer.epoch_examples() != first
+    decode = trainer.src_tok.decode
+    assert [decode(s) for s, _ in trainer.epoch_examples()] == [decode(s) for s, _ in trainer.train_examples]
 
 
 def test_resume_after_an_epoch_and_finished_runs_stay_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
