@@ -91,6 +91,8 @@ RECIPES: dict[str, Recipe] = {
                 "4000",
                 "--subword-sampling",
                 "0.2",
+                "--amp",
+                "bf16",
                 "--dropout",
                 "0.4",
                 "--epochs",

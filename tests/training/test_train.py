@@ -129,6 +129,18 @@ def test_resume_mid_epoch_continues_where_it_stopped(
         torch.testing.assert_close(again[name], tensor, atol=1e-4, rtol=1e-4)
 
 
+def test_bf16_mixed_precision_trains_as_float32_does(tmp_path: Path) -> None:
+    """Autocast runs the matrix products in bfloat16; the weights, their updates and the loss
+    stay float32, so the run learns as the float32 one does, to within bfloat16's rounding."""
+    float32 = run_train(small_run(tmp_path, "float32"))["history"]
+    bf16 = run_train(small_run(tmp_path, "bf16", "--amp", "bf16"))["history"]
+    assert bf16[-1]["val_loss"] < bf16[0]["val_loss"] < 0.9 * bf16[0]["train_loss"]
+    for ours, theirs in zip(bf16, float32, strict=True):
+        assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=0.05)
+    weights = load_file(str(tmp_path / "bf16" / "last.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+
+
 def test_subword_sampling_segments_the_sources_anew_each_epoch(tmp_path: Path) -> None:
     args = train.parse_args(small_run(tmp_path, "sampled", "--subword-sampling", "0.2"))
     trainer = train.Trainer(args)
