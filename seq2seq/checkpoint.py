@@ -152,6 +152,14 @@ def version_key(version: str) -> tuple[Any, ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-_]", version))
 
 
+def update_manifest(model_dir: Path, changes: Mapping[str, Any]) -> None:
+    """Write ``changes`` (top-level keys) into a model directory's manifest: evaluation figures
+    and decoding defaults, which no checksum covers. The weights and tokenizers stay as they are."""
+    path = model_dir / MANIFEST
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, **changes}, indent=2, ensure_ascii=False) + "\n")
+
+
 def read_manifest(model_dir: Path) -> dict[str, Any]:
     """Parse and validate ``manifest.json`` (schema only; files are checked by :func:`load_model_dir`)."""
     path = model_dir / MANIFEST

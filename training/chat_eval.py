@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from seq2seq.checkpoint import MANIFEST, load_model_dir
+from seq2seq.checkpoint import load_model_dir, update_manifest
 from seq2seq.decoding import DecodeParams
 from training.data import Pair, load_corpus
 from training.evaluate import corpus_of_model
@@ -123,9 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     result = chat_eval(args.model_dir)
     if args.apply:
-        path = args.model_dir / MANIFEST
-        manifest = json.loads(path.read_text())
-        path.write_text(json.dumps({**manifest, "chat_evaluation": result}, indent=2, ensure_ascii=False) + "\n")
+        update_manifest(args.model_dir, {"chat_evaluation": result})
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=1, ensure_ascii=False))
     return result
 

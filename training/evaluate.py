@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from seq2seq.checkpoint import load_model_dir, load_weights
+from seq2seq.checkpoint import load_model_dir, load_weights, update_manifest
 from seq2seq.config import ModelConfig
 from seq2seq.decoding import DecodeParams
 from seq2seq.model import Seq2Seq
@@ -46,7 +46,7 @@ def corpus_of_run(info: dict[str, Any], corpus: str | None = None, src: str | No
         "src": src or run_args["src"],
         "tgt": tgt or run_args["tgt"],
         "seed": int(run_args["seed"]),
-        "files": {k: Path(v) for k, v in corpus_files(argparse.Namespace(**run_args)).items()},  # corpus 'files'
+        "files": corpus_files(argparse.Namespace(**run_args)),  # corpus 'files'
     }
 
 
@@ -60,6 +60,7 @@ def corpus_of_model(
         "src": src or manifest["source_lang"],
         "tgt": tgt or manifest["target_lang"],
         "seed": int(trained_on.get("seed", 1)),  # the chat corpora's held-out split depends on it
+        "files": corpus_files(argparse.Namespace(**trained_on)),  # corpus 'files': the paths it trained on
     }
 
 
@@ -111,6 +112,23 @@ def evaluate(
     return result
 
 
+def precision_key(quantize: str, dtype: str) -> str:
+    """Where a form of the model files its figures in the manifest: ``int8``, else its dtype."""
+    return quantize if quantize != "none" else dtype
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The figures of an evaluation that compare forms of one model (no examples, no signatures)."""
+    return {
+        "test_ppl": result["test_ppl"],
+        **{
+            mode: {k: result[mode][k] for k in ("bleu", "chrf", "seconds")}
+            | {"beam_size": result[mode]["decoding"]["beam_size"]}
+            for mode in ("greedy", "beam")
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,9 +151,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="weights and activations of the evaluated model (the service's --dtype)",
     )
     p.add_argument("--out", type=Path, help="write the results as JSON here (default: <run-dir>/eval.json)")
+    p.add_argument(
+        "--apply",
+        action="store_true",
+        help="with --model-dir: write the figures into the manifest's 'precision' block, under the dtype or int8",
+    )
     args = p.parse_args(argv)
     if not dtype_fits(args.quantize, args.dtype):
         p.error("--quantize int8 runs float32 activations: leave --dtype at float32")
+    if args.apply and not args.model_dir:
+        p.error("--apply writes into a packaged model's manifest: give --model-dir")
     torch.set_num_threads(args.threads)
     tuned: dict[str, Any] = {}
     if args.run_dir:
@@ -158,6 +183,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if isinstance(corpus.provenance.get("splits"), dict)
         else "held-out 5%"
     )
+    if args.apply:
+        precision = {
+            **(loaded.manifest.get("precision") or {}),
+            precision_key(args.quantize, args.dtype): summary(result),
+        }
+        update_manifest(args.model_dir, {"precision": precision})
     out = args.out or (args.run_dir / "eval.json" if args.run_dir else None)
     if out:
         out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")

@@ -1,6 +1,6 @@
 """The README's tables of bundled models, generated from their manifests.
 
-python -m training.report [--model-store model_store] [--table models|robustness|chat]
+python -m training.report [--model-store model_store] [--table models|robustness|chat|precision]
 """
 
 from __future__ import annotations
@@ -107,6 +107,34 @@ def chat_table(store: Path) -> str:
     return "\n".join(rows)
 
 
+def precision_table(store: Path) -> str:
+    """Each model in bfloat16 and int8 against float32, the three evaluated alike
+    (``training.evaluate --model-dir ... --apply``, once per form)."""
+    forms = ("bfloat16", "int8")
+    rows = [
+        "| model | float32 greedy / beam | "
+        + " | ".join(f"{f} greedy / beam (change)" for f in forms)
+        + " | test ppl float32 / bfloat16 / int8 | greedy decoding of the test set, float32 / bfloat16 / int8 |",
+        "|---|---:|" + "---:|" * len(forms) + "---:|---:|",
+    ]
+    for name, versions in store_versions(store).items():
+        m = read_manifest(store / name / versions[-1])
+        precision = m.get("precision") or {}
+        if not all(form in precision for form in ("float32", *forms)):
+            continue
+        base = precision["float32"]
+        cells = [f"{base['greedy']['bleu']:.2f} / {base['beam']['bleu']:.2f}"]
+        for form in forms:
+            r = precision[form]
+            change = [r[mode]["bleu"] - base[mode]["bleu"] for mode in ("greedy", "beam")]
+            cells.append(f"{r['greedy']['bleu']:.2f} / {r['beam']['bleu']:.2f} ({change[0]:+.2f} / {change[1]:+.2f})")
+        all_forms = ("float32", *forms)
+        cells.append(" / ".join(f"{precision[f]['test_ppl']:.2f}" for f in all_forms))
+        cells.append(" / ".join(f"{precision[f]['greedy']['seconds']:.1f}" for f in all_forms) + " s")
+        rows.append(f"| `{name}` v{m['version']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-store", type=Path, default=MODEL_STORE)
@@ -115,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     print(TABLES[args.table](args.model_store))
 
 
-TABLES = {"models": table, "robustness": robustness_table, "chat": chat_table}
+TABLES = {"models": table, "robustness": robustness_table, "chat": chat_table, "precision": precision_table}
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from seq2seq.checkpoint import MANIFEST, load_model_dir
+from seq2seq.checkpoint import load_model_dir, read_manifest, update_manifest
 from seq2seq.decoding import DecodeParams, FinishReason
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import Tokenizer, ends_sentence
@@ -138,13 +138,16 @@ def robustness(model_dir: Path, sizes: tuple[int, ...] = SIZES) -> dict[str, Any
 
 def apply(model_dir: Path, result: dict[str, Any]) -> None:
     """The chosen default and the figures, into the model's manifest."""
-    path = model_dir / MANIFEST
-    manifest = json.loads(path.read_text())
-    manifest["decoding"] = {**(manifest.get("decoding") or {}), "no_repeat_ngram_size": result["chosen"]}
+    manifest = read_manifest(model_dir)
     preprocessing = {k: v for k, v in (manifest.get("preprocessing") or {}).items() if k != "end_mark"}
-    manifest["preprocessing"] = {**preprocessing, **({"end_mark": result["end_mark"]} if result["end_mark"] else {})}
-    manifest["robustness"] = result
-    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    update_manifest(
+        model_dir,
+        {
+            "decoding": {**(manifest.get("decoding") or {}), "no_repeat_ngram_size": result["chosen"]},
+            "preprocessing": {**preprocessing, **({"end_mark": result["end_mark"]} if result["end_mark"] else {})},
+            "robustness": result,
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -131,14 +131,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+FILE_ARGS = tuple(f"{split}{suffix}" for split in ("train", "val", "test") for suffix in ("", "_src", "_tgt"))
+
+
 def corpus_files(args: argparse.Namespace) -> dict[str, Path]:
-    files = {}
-    for split in ("train", "val", "test"):
-        for suffix in ("", "_src", "_tgt"):
-            value = getattr(args, f"{split}{suffix}")
-            if value is not None:
-                files[f"{split}{suffix}"] = value
-    return files
+    """The data files of corpus 'files' that ``args`` name (``--train``, ``--val-src``, ...)."""
+    return {name: Path(getattr(args, name)) for name in FILE_ARGS if getattr(args, name, None) is not None}
 
 
 def build_tokenizers(args: argparse.Namespace, corpus: Corpus, run_dir: Path) -> tuple[Tokenizer, Tokenizer]:

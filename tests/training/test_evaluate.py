@@ -10,11 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from seq2seq.checkpoint import load_model_dir, read_manifest
 from seq2seq.config import ModelConfig
 from seq2seq.model import Seq2Seq
 from tests.training.conftest import TrainedRun, isolated_main
-from training import evaluate
+from training import evaluate, report
 from training.data import batches
+from training.export import Identity, export_run
 from training.train import evaluate_loss
 
 
@@ -94,4 +96,32 @@ def test_evaluate_in_bfloat16(trained_run: TrainedRun, tmp_path: Path) -> None:
 def test_int8_with_another_dtype_is_a_usage_error(trained_run: TrainedRun) -> None:
     with pytest.raises(SystemExit) as exc:
         evaluate.main(["--run-dir", str(trained_run.run_dir), "--quantize", "int8", "--dtype", "bfloat16"])
+    assert exc.value.code == 2
+
+
+def test_each_form_of_a_packaged_model_files_its_figures_for_the_readme_table(
+    trained_run: TrainedRun, tmp_path: Path
+) -> None:
+    """``--apply`` on a model directory: float32, bfloat16 and int8 each land in the manifest's
+    ``precision`` block, evaluated on the test file the model was trained beside, and the
+    README's table compares them."""
+    identity = Identity("translate", "xx", "yy", "letters reversed", "test")
+    model_dir = export_run(trained_run.run_dir, "reverse", "1", identity, tmp_path / "store")
+    for form in (["--dtype", "float32"], ["--dtype", "bfloat16"], ["--quantize", "int8"]):
+        with isolated_main():
+            evaluate.main(["--model-dir", str(model_dir), "--beam-size", "2", "--apply", *form])
+    precision = read_manifest(model_dir)["precision"]
+    assert set(precision) == {"float32", "bfloat16", "int8"}
+    for figures in precision.values():
+        assert figures["greedy"]["bleu"] > 90 and figures["beam"]["beam_size"] == 2 and figures["test_ppl"] < 1.2
+    load_model_dir(model_dir)  # the checksums still hold: only the manifest changed
+    row = report.precision_table(tmp_path / "store").splitlines()[2]
+    f32, bf16 = precision["float32"]["greedy"]["bleu"], precision["bfloat16"]["greedy"]["bleu"]
+    assert row.startswith(f"| `reverse` v1 | {f32:.2f} / ") and f"{bf16:.2f} / " in row
+    assert f"({bf16 - f32:+.2f} / " in row and row.endswith(" s |")
+
+
+def test_apply_needs_a_packaged_model(trained_run: TrainedRun) -> None:
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--run-dir", str(trained_run.run_dir), "--apply"])
     assert exc.value.code == 2
