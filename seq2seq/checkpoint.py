@@ -8,6 +8,8 @@ Layout::
     target.model         ... of the target side (the same file name as source for chat models)
     training_curve.json  train / val loss per epoch (optional, checksummed when present)
     training_curve.png
+    backward.safetensors a chat model's backward model p(message | reply), for MMI reranking
+                         (optional; its config is the manifest's ``backward.model``)
 
 Loading verifies every checksum and that config, weights and tokenizers agree, and fails
 with a :class:`CheckpointError` naming the file and the problem. Weights are read with
@@ -35,6 +37,7 @@ from seq2seq.tokenizer import Tokenizer, TokenizerError
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
+BACKWARD_WEIGHTS = "backward.safetensors"
 FORMAT_VERSION = 1
 TASKS = ("translate", "chat")
 REQUIRED_KEYS = (
@@ -62,6 +65,7 @@ class LoadedModel:
     model: Seq2Seq
     source_tokenizer: Tokenizer
     target_tokenizer: Tokenizer
+    backward: Seq2Seq | None = None  # p(source | output), which reranks beams (seq2seq.rerank)
 
     @property
     def name(self) -> str:
@@ -106,18 +110,22 @@ def save_model_dir(
     target_tokenizer: Path,
     extra_files: tuple[Path, ...] = (),
     dtype: torch.dtype = torch.float16,
+    backward: Seq2Seq | None = None,
 ) -> Path:
-    """Write a complete model directory and its manifest (with checksums) into ``out_dir``."""
+    """Write a complete model directory and its manifest (with checksums) into ``out_dir``;
+    ``backward``: the model p(source | output) that reranks its beams (chat models)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_weights(model, out_dir / WEIGHTS, dtype)
-    (out_dir / WEIGHTS).chmod(0o644)  # readable by the unprivileged user of the container image
+    weights = [(model, WEIGHTS), *([(backward, BACKWARD_WEIGHTS)] if backward is not None else [])]
+    for m, file in weights:
+        save_weights(m, out_dir / file, dtype)
+        (out_dir / file).chmod(0o644)  # readable by the unprivileged user of the container image
     tokenizer = {"source": "source.model", "target": "target.model"}
     if source_tokenizer.read_bytes() == target_tokenizer.read_bytes():  # joint vocabulary: one file
         tokenizer["target"] = "source.model"
     shutil.copyfile(source_tokenizer, out_dir / tokenizer["source"])
     if tokenizer["target"] != tokenizer["source"]:
         shutil.copyfile(target_tokenizer, out_dir / tokenizer["target"])
-    names = [WEIGHTS, *sorted(set(tokenizer.values()))]
+    names = [file for _, file in weights] + sorted(set(tokenizer.values()))
     for extra in extra_files:
         shutil.copyfile(extra, out_dir / extra.name)
         names.append(extra.name)
@@ -127,6 +135,7 @@ def save_model_dir(
         "model": model.cfg.to_dict(),
         "weights": {"file": WEIGHTS, "dtype": str(dtype).removeprefix("torch.")},
         "tokenizer": tokenizer,
+        **({"backward": {"file": BACKWARD_WEIGHTS, "model": backward.cfg.to_dict()}} if backward is not None else {}),
         "parameters": model.num_parameters(),
         "files": {name: sha256_file(out_dir / name) for name in names},
     }
@@ -183,7 +192,7 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
 
 def verify_files(model_dir: Path, manifest: Mapping[str, Any]) -> None:
     files: Mapping[str, str] = manifest["files"]
-    needed = {WEIGHTS, *manifest["tokenizer"].values()}
+    needed = {WEIGHTS, *manifest["tokenizer"].values(), *([BACKWARD_WEIGHTS] if "backward" in manifest else [])}
     unlisted = needed - set(files)
     if unlisted:
         raise CheckpointError(f"{model_dir / MANIFEST}: no checksum for {', '.join(sorted(unlisted))}")
@@ -203,21 +212,29 @@ def load_model_dir(
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     verify_files(model_dir, manifest)
-    try:
-        config = ModelConfig.from_dict(manifest["model"])
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{model_dir / MANIFEST}: invalid model config: {exc}") from exc
     tokenizers = load_tokenizers(model_dir, manifest)
-    for side, size in (("source", config.src_vocab_size), ("target", config.tgt_vocab_size)):
-        if tokenizers[side].vocab_size != size:
-            raise CheckpointError(
-                f"{model_dir / manifest['tokenizer'][side]}: vocabulary has {tokenizers[side].vocab_size} "
-                f"pieces but the model config expects {size}"
-            )
-    model = Seq2Seq(config)
-    load_weights(model, model_dir / WEIGHTS)
-    model.to(device=device, dtype=dtype).eval()
-    return LoadedModel(model_dir, manifest, config, model, tokenizers["source"], tokenizers["target"])
+
+    def load(what: str, config_dict: Any, file: str, source: str, target: str) -> tuple[ModelConfig, Seq2Seq]:
+        """One of the directory's models, its ``source`` side read by that tokenizer (of ``tokenizers``)."""
+        try:
+            config = ModelConfig.from_dict(config_dict)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{model_dir / MANIFEST}: invalid {what} config: {exc}") from exc
+        for side, size in ((source, config.src_vocab_size), (target, config.tgt_vocab_size)):
+            if tokenizers[side].vocab_size != size:
+                raise CheckpointError(
+                    f"{model_dir / manifest['tokenizer'][side]}: vocabulary has {tokenizers[side].vocab_size} "
+                    f"pieces but the {what} config expects {size}"
+                )
+        model = Seq2Seq(config)
+        load_weights(model, model_dir / file)
+        return config, model.to(device=device, dtype=dtype).eval()
+
+    config, model = load("model", manifest["model"], WEIGHTS, "source", "target")
+    backward = None
+    if "backward" in manifest:  # it reads the outputs and scores the sources
+        _, backward = load("backward model", manifest["backward"].get("model"), BACKWARD_WEIGHTS, "target", "source")
+    return LoadedModel(model_dir, manifest, config, model, tokenizers["source"], tokenizers["target"], backward)
 
 
 def load_tokenizers(model_dir: Path, manifest: dict[str, Any]) -> dict[str, Tokenizer]:

@@ -43,6 +43,7 @@ from seq2seq.decoding import (
     sample,
 )
 from seq2seq.model import Seq2Seq
+from seq2seq.rerank import backward_scores, mmi_order
 from seq2seq.state import DecoderState
 
 
@@ -140,12 +141,19 @@ DecodeStep = Callable[[torch.Tensor, DecoderState], tuple[torch.Tensor, DecoderS
 
 class GenerationBatch:
     def __init__(
-        self, model: Seq2Seq, device: torch.device | str = "cpu", decode_step: DecodeStep | None = None
+        self,
+        model: Seq2Seq,
+        device: torch.device | str = "cpu",
+        decode_step: DecodeStep | None = None,
+        backward: Seq2Seq | None = None,
     ) -> None:
-        """``decode_step``: how a step runs, ``model.decode_step`` by default (see :mod:`seq2seq.cuda_graphs`)."""
+        """``decode_step``: how a step runs, ``model.decode_step`` by default (see :mod:`seq2seq.cuda_graphs`);
+        ``backward``: the model p(source | output) that reranks beams of requests with ``mmi_weight``
+        (see :mod:`seq2seq.rerank`)."""
         self.model = model
         self.device = torch.device(device)
         self.decode_step = decode_step or model.decode_step
+        self.backward = backward
         self.state: DecoderState | None = None
         self.last_tokens = torch.empty(0, dtype=torch.long, device=self.device)  # (B,)
         self.active: list[_Sequence] = []
@@ -179,6 +187,8 @@ class GenerationBatch:
         state = self.model.encode(src.to(self.device, non_blocking=True), lengths)
         if state.memory is None and any(r.return_attention for r in requests):
             raise ValueError("return_attention needs a model with attention")
+        if self.backward is None and any(r.params.mmi_weight for r in requests):
+            raise ValueError("mmi_weight needs a model with a backward model")
         rows = [r.params.rows for r in requests]
         if any(n > 1 for n in rows):
             tile = torch.repeat_interleave(torch.arange(len(requests)), torch.tensor(rows))
@@ -322,7 +332,7 @@ class GenerationBatch:
         for seq in self.active:
             rows = torch.arange(offset, offset + seq.rows, device=self.device)
             offset += seq.rows
-            trial = GenerationBatch(self.model, self.device, self.decode_step)
+            trial = GenerationBatch(self.model, self.device, self.decode_step, self.backward)
             trial.state, trial.last_tokens, trial.active = self.state.select(rows), self.last_tokens[rows], [seq.copy()]
             try:
                 trial.step()
@@ -439,21 +449,29 @@ class GenerationBatch:
             seq.attention = attention
         return rows, new_tokens
 
-    @staticmethod
-    def _best(seq: _Sequence) -> list[Hypothesis]:
+    def _best(self, seq: _Sequence) -> list[Hypothesis]:
+        """The request's ``n_best`` hypotheses, best first: by their scores, or with ``mmi_weight``
+        the ``beam_size`` best reranked with the backward model."""
+        params = seq.request.params
         ranked = sorted(seq.finished, key=lambda h: h.normalized, reverse=True)
-        return ranked[: seq.request.params.n_best]
+        if params.mmi_weight:
+            assert self.backward is not None  # encode() refused the request otherwise
+            pool = ranked[: params.beam_size]
+            backward = backward_scores(self.backward, seq.request.src_ids, [h.tokens for h in pool])
+            ranked = [pool[i] for i in mmi_order([h.normalized for h in pool], backward, params.mmi_weight)]
+        return ranked[: params.n_best]
 
 
 def _beam_done(seq: _Sequence, best_live: float, length: int) -> bool:
-    """Early stopping: ``n_best`` hypotheses have ended and none of the live beams (at its current
-    length) ranks above the ``n_best``-th of them. Counting finished beams alone would stop on
-    poor early EOS candidates while a far better beam is still running."""
+    """Early stopping: enough hypotheses have ended (``n_best``, or every beam's for reranking) and
+    none of the live beams (at its current length) ranks above the last of them. Counting finished
+    beams alone would stop on poor early EOS candidates while a far better beam is still running."""
     params = seq.request.params
-    if len(seq.finished) < params.n_best:
+    needed = params.beam_size if params.mmi_weight else params.n_best
+    if len(seq.finished) < needed:
         return False
     ranked = sorted((h.normalized for h in seq.finished), reverse=True)
-    return best_live / length_penalty(length, params.length_penalty) <= ranked[params.n_best - 1]
+    return best_live / length_penalty(length, params.length_penalty) <= ranked[needed - 1]
 
 
 def _hypothesis(
@@ -475,14 +493,16 @@ def generate(
     max_rows: int = 64,
     device: torch.device | str = "cpu",
     on_event: Callable[[StepEvent], None] | None = None,
+    backward: Seq2Seq | None = None,
 ) -> dict[str, list[Hypothesis]]:
     """Decode ``requests`` offline with continuous batching; returns hypotheses by request id.
 
     Requests are admitted longest-source-first whenever rows are free, so the batch
-    stays full until the queue is empty (used by evaluation and tests).
+    stays full until the queue is empty (used by evaluation and tests). ``backward``: the
+    model that reranks requests with ``mmi_weight``.
     """
     pending = deque(sorted(requests, key=lambda r: len(r.src_ids), reverse=True))
-    batch = GenerationBatch(model, device)
+    batch = GenerationBatch(model, device, backward=backward)
     results: dict[str, list[Hypothesis]] = {}
     with torch.inference_mode():
         while pending or batch.active:

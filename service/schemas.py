@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, create_model, model_validator
 
-from seq2seq.decoding.params import JSON_NUMBER, DecodeParams, MaxLength, NoRepeatNgram
+from seq2seq.decoding.params import JSON_NUMBER, DecodeParams, MaxLength, MMIWeight, NoRepeatNgram
 from seq2seq.optimize import Quantization
 
 
@@ -57,6 +57,15 @@ def _decoding_fields() -> dict[str, Any]:
     fields["no_repeat_ngram_size"] = (
         NoRepeatNgram | None,
         Field(None, description="never repeat an n-gram of this size; 0 = off; default: the model's (chosen on val)"),
+    )
+    fields["mmi_weight"] = (
+        MMIWeight | None,
+        Field(
+            None,
+            description="rerank the beam's hypotheses with the model's backward model p(input | output) by this "
+            "weight (models that ship one: mmi_reranking in /models); 0 = off; default: the model's (chosen on val) "
+            "with beam search, else off",
+        ),
     )
     deadline = Annotated[float, Field(gt=0, le=600), JSON_NUMBER] | None
     fields["timeout"] = (deadline, Field(None, description="deadline in seconds for queue + generation"))
@@ -204,6 +213,10 @@ class ModelInfo(BaseModel):
     default_for: list[str] = Field(default_factory=list)
     description: str | None = None
     evaluation: dict[str, Any] | None = None
+    decoding: dict[str, Any] | None = Field(
+        None, description="its decoding defaults, chosen on val (beam_size, length_penalty, no_repeat_ngram_size, ...)"
+    )
+    mmi_reranking: bool = Field(False, description="it ships a backward model: requests may set mmi_weight")
     device: str | None = None
     quantization: Quantization | None = None  # of the loaded weights; None while not loaded
     dtype: str | None = None  # floating-point type of weights and activations; None while not loaded

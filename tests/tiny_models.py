@@ -28,7 +28,8 @@ def _sentences(lang: str, n: int, seed: int) -> list[str]:
 
 
 def make_tiny_store(root: Path) -> Path:
-    """Write translate-de-en (attention, evaluated), translate-de-en-basic (context-init) and chat-en into ``root``."""
+    """Write translate-de-en (attention, evaluated), translate-de-en-basic (context-init) and chat-en
+    (with a backward model, for MMI reranking) into ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     tok_dir = root.parent / f"{root.name}-tokenizers"
     tok_dir.mkdir(exist_ok=True)
@@ -61,5 +62,7 @@ def make_tiny_store(root: Path) -> Path:
             "description": f"tiny random {arch} model for tests",
         }
         assert src_tok.path is not None and tgt_tok.path is not None
-        save_model_dir(root / name / "1", Seq2Seq(config), manifest, src_tok.path, tgt_tok.path)
+        model = Seq2Seq(config)
+        backward = Seq2Seq(config) if task == "chat" else None  # same vocabulary both ways
+        save_model_dir(root / name / "1", model, manifest, src_tok.path, tgt_tok.path, backward=backward)
     return root

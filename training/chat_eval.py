@@ -8,7 +8,8 @@ with no model would say. Both are scored by corpus BLEU and chrF against the hel
 and both by how varied they are (distinct-1 and distinct-2: distinct words and word bigrams
 over all words and bigrams of the replies) and by how many replies are a training answer word
 for word. The model decodes as the server does (``decode_all``), greedy and with its beam
-settings. ``--apply`` writes the figures into the manifest (``chat_evaluation``).
+settings (MMI reranking included, for a model that ships a backward model). ``--apply``
+writes the figures into the manifest (``chat_evaluation``).
 """
 
 from __future__ import annotations
@@ -92,12 +93,15 @@ def chat_eval(model_dir: Path) -> dict[str, Any]:
         beam_size=tuned.get("beam_size", 5),
         length_penalty=tuned.get("length_penalty", 1.0),
         no_repeat_ngram_size=tuned.get("no_repeat_ngram_size", 0),
+        mmi_weight=tuned.get("mmi_weight", 0.0),
     )
     greedy = DecodeParams(min_length=1, no_repeat_ngram_size=tuned.get("no_repeat_ngram_size", 0))
     outputs = {
         "lookup": nearest_question_answers(corpus.train, questions),
         "greedy": translate_all(loaded.model, loaded.source_tokenizer, loaded.target_tokenizer, questions, greedy),
-        "beam": translate_all(loaded.model, loaded.source_tokenizer, loaded.target_tokenizer, questions, beam),
+        "beam": translate_all(
+            loaded.model, loaded.source_tokenizer, loaded.target_tokenizer, questions, beam, backward=loaded.backward
+        ),
     }
     result: dict[str, Any] = {
         "test_set": f"held-out 5% ({len(questions)} pairs)",

@@ -34,6 +34,15 @@ class Corpus:
     test: list[Pair]
     provenance: dict[str, Any] = field(default_factory=dict)
 
+    def reversed(self) -> Corpus:
+        """Every pair the other way round (target -> source), with the same splits."""
+
+        def swap(pairs: list[Pair]) -> list[Pair]:
+            return [(t, s) for s, t in pairs]
+
+        provenance = {**self.provenance, "direction": "reversed: target -> source"}
+        return Corpus(swap(self.train), swap(self.val), swap(self.test), provenance)
+
 
 def _read_lines(path: Path) -> list[str]:
     opener = gzip.open if path.suffix == ".gz" else open

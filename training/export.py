@@ -112,13 +112,26 @@ def export_run(run_dir: Path, name: str, version: str, identity: Identity, model
     """Any run as ``model_store/<name>/<version>``, checked to load as the server loads it."""
     model, _, _, _ = load_run(run_dir)
     extras = tuple(p for p in (run_dir / "training_curve.json", run_dir / "training_curve.png") if p.exists())
+    manifest = build_manifest(name, version, run_dir, identity)
+    backward = None
+    if "backward" in (manifest.get("selection") or {}):  # training.select tuned MMI reranking with it
+        backward_dir = Path(manifest["selection"]["backward"])
+        backward = load_run(backward_dir)[0]
+        state = json.loads((backward_dir / "trainer_state.json").read_text())
+        manifest["training"]["backward"] = {
+            "run": backward_dir.name,
+            "epochs": state["epoch"],
+            "best_val_loss": round(state["best_val_loss"], 4),
+            "training_time_s": round(state["elapsed_s"]),
+        }
     out = save_model_dir(
         model_store / name / version,
         model,
-        build_manifest(name, version, run_dir, identity),
+        manifest,
         run_dir / "source.model",
         run_dir / "target.model",
         extras,
+        backward=backward,
     )
     load_model_dir(out)  # the directory must load cleanly (checksums, config/weights agreement)
     return out
@@ -126,7 +139,8 @@ def export_run(run_dir: Path, name: str, version: str, identity: Identity, model
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", choices=sorted(RECIPES))
+    models = sorted(name for name, r in RECIPES.items() if r.backward_of is None)  # backward runs ship inside theirs
+    p.add_argument("name", choices=models)
     p.add_argument("--version", default="1")
     p.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
     p.add_argument("--model-store", type=Path, default=MODEL_STORE)

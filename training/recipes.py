@@ -26,6 +26,7 @@ class Recipe:
     description: str
     tokenizers_from: str | None = None  # share another recipe's tokenizers (same task, same data)
     extra: dict[str, str] = field(default_factory=dict)
+    backward_of: str | None = None  # the chat recipe whose replies this one scores (MMI reranking)
 
     def run_dir(self, runs_dir: Path = RUNS_DIR) -> Path:
         return runs_dir / self.name
@@ -135,6 +136,24 @@ RECIPES: dict[str, Recipe] = {
         ),
     )
 }
+
+
+def backward(recipe: Recipe) -> Recipe:
+    """The backward model of a chat recipe: the same data and settings, every pair the other way
+    round (``--reverse``), with the forward run's tokenizer. It ships inside the forward model."""
+    return Recipe(
+        f"{recipe.name}-backward",
+        recipe.task,
+        recipe.src,
+        recipe.tgt,
+        (*recipe.train_args, "--reverse"),
+        f"backward model of {recipe.name}, p(message | reply), for MMI reranking",
+        tokenizers_from=recipe.name,
+        backward_of=recipe.name,
+    )
+
+
+RECIPES.update((b.name, b) for b in [backward(RECIPES["chat-ko"]), backward(RECIPES["chat-en"])])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,23 +22,32 @@ def decode_all(
     params: DecodeParams,
     max_rows: int = 96,
     end_mark: str | None = None,
+    backward: Seq2Seq | None = None,
 ) -> list[Hypothesis]:
     """The best hypothesis for each source, as the server decodes it: ``params.max_length`` is
-    also capped by the source's length (:func:`~seq2seq.decoding.source_length_cap`), and
-    ``end_mark`` ends sources that end no sentence (:func:`~seq2seq.tokenizer.end_sentence`)."""
+    also capped by the source's length (:func:`~seq2seq.decoding.source_length_cap`),
+    ``end_mark`` ends sources that end no sentence (:func:`~seq2seq.tokenizer.end_sentence`), and
+    ``backward`` reranks beams when ``params.mmi_weight`` is set (:mod:`seq2seq.rerank`)."""
     requests = []
     for i, source in enumerate(sources):
         ids = src_tok.encode(end_sentence(source, end_mark))
         cap = min(params.max_length, source_length_cap(len(ids)))
         requests.append(GenerationRequest(str(i), ids, dataclasses.replace(params, max_length=cap)))
-    results = generate(model, requests, max_rows=max_rows)
+    results = generate(model, requests, max_rows=max_rows, backward=backward)
     return [results[str(i)][0] for i in range(len(sources))]
 
 
 def translate_all(
-    model: Seq2Seq, src_tok: Tokenizer, tgt_tok: Tokenizer, sources: list[str], params: DecodeParams, max_rows: int = 96
+    model: Seq2Seq,
+    src_tok: Tokenizer,
+    tgt_tok: Tokenizer,
+    sources: list[str],
+    params: DecodeParams,
+    max_rows: int = 96,
+    backward: Seq2Seq | None = None,
 ) -> list[str]:
-    return [tgt_tok.decode(h.tokens) for h in decode_all(model, src_tok, sources, params, max_rows)]
+    hyps = decode_all(model, src_tok, sources, params, max_rows, backward=backward)
+    return [tgt_tok.decode(h.tokens) for h in hyps]
 
 
 def bleu_scores(hypotheses: list[str], references: list[str]) -> dict[str, float | str]:

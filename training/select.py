@@ -1,6 +1,7 @@
 """Choose a run's final weights and beam settings on the validation set (never on test).
 
     python -m training.select --run-dir runs/translate-de-en [--average 5] [--threads 1]
+    python -m training.select --run-dir runs/chat-ko --backward runs/chat-ko-backward
 
 1. Candidates: the epoch with the lowest validation loss (``best.safetensors``), the one with
    the highest greedy validation BLEU (``best-bleu.safetensors``), and the average of the
@@ -8,6 +9,8 @@
 2. Each is scored by beam-search BLEU on val (beam 5, length penalty 1.0); the best wins and is
    copied to ``selected.safetensors``.
 3. For the winner, beam size and length penalty are tuned on val over a small grid.
+4. With ``--backward RUN_DIR`` (a chat model's backward run, ``--reverse``), the weight of
+   MMI reranking (:mod:`seq2seq.rerank`) is tuned on val too, 0 (off) included.
 
 Writes ``selection.json`` (every score, the choice, the tuned decoding); ``training.evaluate``
 and ``training.export`` then use ``selected.safetensors`` and the tuned settings.
@@ -27,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from seq2seq.decoding import DecodeParams
+from seq2seq.model import Seq2Seq
 from training.data import load_corpus
 from training.evaluate import corpus_of_run, load_run
 from training.scoring import bleu_scores, translate_all
@@ -35,6 +39,7 @@ log = logging.getLogger("training.select")
 
 BEAM_SIZES = (3, 5, 8)
 LENGTH_PENALTIES = (0.6, 0.8, 1.0, 1.2)
+MMI_WEIGHTS = (0.0, 0.2, 0.4, 0.6, 0.8)
 
 
 def average_weights(paths: list[Path], out: Path) -> None:
@@ -46,14 +51,14 @@ def average_weights(paths: list[Path], out: Path) -> None:
     save_file({name: (t / len(paths)).contiguous() for name, t in total.items()}, str(out), {"format": "pt"})
 
 
-def val_bleu(run: tuple, pairs: list[tuple[str, str]], params: DecodeParams) -> float:
+def val_bleu(run: tuple, pairs: list[tuple[str, str]], params: DecodeParams, backward: Seq2Seq | None = None) -> float:
     """BLEU on ``pairs`` of a loaded run (``load_run``'s model and tokenizers)."""
     model, src_tok, tgt_tok, _ = run
-    hyps = translate_all(model, src_tok, tgt_tok, [s for s, _ in pairs], params)
+    hyps = translate_all(model, src_tok, tgt_tok, [s for s, _ in pairs], params, backward=backward)
     return float(bleu_scores(hyps, [t for _, t in pairs])["bleu"])
 
 
-def select(run_dir: Path, average: int = 5) -> dict[str, Any]:
+def select(run_dir: Path, average: int = 5, backward_dir: Path | None = None) -> dict[str, Any]:
     info = json.loads((run_dir / "run.json").read_text())
     pairs = load_corpus(**corpus_of_run(info)).val
     candidates = ["best.safetensors", "best-bleu.safetensors"]
@@ -77,14 +82,24 @@ def select(run_dir: Path, average: int = 5) -> dict[str, Any]:
         )
     best = max(grid, key=grid.__getitem__)
     beam_size, alpha = (float(x.split()[-1]) for x in best.split(", "))
+    decoding: dict[str, Any] = {"beam_size": int(beam_size), "length_penalty": alpha}
     result = {
         "candidates": scores,
         "averaged_epochs": [p.name for p in epochs] if len(epochs) > 1 else [],
         "selected": chosen,
         "grid": grid,
-        "decoding": {"beam_size": int(beam_size), "length_penalty": alpha},
+        "decoding": decoding,
         "set": "val",
     }
+    if backward_dir is not None:
+        backward = load_run(backward_dir)[0]
+        mmi = {}
+        for weight in MMI_WEIGHTS:
+            params = DecodeParams(beam_size=int(beam_size), length_penalty=alpha, mmi_weight=weight)
+            mmi[str(weight)] = val_bleu(selected, pairs, params, backward)
+            log.info("MMI weight %.1f: val BLEU %.2f", weight, mmi[str(weight)])
+        decoding["mmi_weight"] = float(max(mmi, key=mmi.__getitem__))
+        result.update(mmi_grid=mmi, backward=str(backward_dir.resolve()))
     (run_dir / "selection.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -95,9 +110,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--average", type=int, default=5, help="average the last N epochs' weights as a candidate")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--backward", type=Path, help="the run of the backward model: tune MMI reranking with it")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = select(args.run_dir, args.average)
+    result = select(args.run_dir, args.average, args.backward)
     print(json.dumps({k: result[k] for k in ("candidates", "selected", "decoding")}, indent=1))
     return result
 

@@ -119,6 +119,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also train on each pair with its source typed in a hurry (no final punctuation, lower-case start)",
     )
     p.add_argument(
+        "--reverse",
+        action="store_true",
+        help="train on every pair the other way round (target -> source): a chat model's backward model, "
+        "p(message | reply), for MMI reranking",
+    )
+    p.add_argument(
         "--subword-sampling",
         type=float,
         default=0.0,
@@ -208,6 +214,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = args.device
         self.corpus = load_corpus(args.corpus, args.data_dir, args.src, args.tgt, args.seed, corpus_files(args))
+        if args.reverse:
+            self.corpus = self.corpus.reversed()
         if args.augment_sources:
             self.corpus.train = augment_sources(self.corpus.train)
         self.src_tok, self.tgt_tok = build_tokenizers(args, self.corpus, self.run_dir)

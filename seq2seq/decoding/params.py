@@ -66,6 +66,16 @@ NoRepeatNgram = Annotated[
     Field(ge=0, le=8, description="never repeat an n-gram of this many tokens in the output (stops loops); 0 = off"),
     JSON_NUMBER,
 ]
+MMIWeight = Annotated[
+    float,
+    Field(
+        ge=0.0,
+        le=1.0,
+        description="rerank the beam's hypotheses by (1 - w) * log p(reply | input) + w * log p(input | reply), "
+        "a backward model's (models that ship one); 0 = off",
+    ),
+    JSON_NUMBER,
+]
 Seed = (
     Annotated[int, Field(ge=0, le=2**53 - 1, description="makes sampling reproducible (exact in JSON)"), JSON_NUMBER]
     | None
@@ -91,6 +101,7 @@ class DecodeParams:
     top_p: TopP = 1.0
     seed: Seed = None
     no_repeat_ngram_size: NoRepeatNgram = 0
+    mmi_weight: MMIWeight = 0.0
 
     @model_validator(mode="after")
     def _combinations(self) -> DecodeParams:
@@ -100,6 +111,8 @@ class DecodeParams:
             raise ValueError("n_best must not exceed beam_size")
         if self.sample and self.beam_size > 1:
             raise ValueError("sample=true cannot be combined with beam_size > 1")
+        if self.mmi_weight and self.beam_size == 1:
+            raise ValueError("mmi_weight reranks a beam's hypotheses: it needs beam_size > 1")
         return self
 
     @property

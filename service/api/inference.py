@@ -34,6 +34,7 @@ _PASSED_AS_THEY_ARE = {f.name for f in dataclasses.fields(DecodeParams)} - {
     "max_length",
     "min_length",
     "no_repeat_ngram_size",
+    "mmi_weight",
 }
 
 
@@ -75,6 +76,15 @@ def check_attention(entry: ModelEntry) -> None:
         )
 
 
+def check_reranking(entry: ModelEntry, options: DecodingOptions) -> None:
+    """``mmi_weight`` reranks with a backward model, which only some models ship."""
+    if options.mmi_weight and "backward" not in entry.manifest:
+        raise InvalidRequest(
+            f"mmi_weight needs a model that ships a backward model p(input | output); {entry.name} has none",
+            details={"model": entry.name},
+        )
+
+
 def check_text(text: str, field: str, settings: Settings) -> str:
     if len(text) > settings.max_text_chars:
         raise InvalidRequest(f"{field} has {len(text)} characters; the limit is {settings.max_text_chars}")
@@ -98,11 +108,14 @@ def decode_params(
         if value is not None and value > settings.max_output_tokens:
             raise InvalidRequest(f"{field} {value} is above the limit of {settings.max_output_tokens}")
     max_length = options.max_length or min(source_length_cap(src_len), settings.max_output_tokens)
-    no_repeat = options.no_repeat_ngram_size
+    no_repeat, mmi = options.no_repeat_ngram_size, options.mmi_weight
+    if mmi is None:  # the model's default reranks beams; greedy and sampled outputs have nothing to rerank
+        mmi = model_decoding.get("mmi_weight", 0.0) if options.beam_size > 1 else 0.0
     try:
         return DecodeParams(
             max_length=max_length,
             no_repeat_ngram_size=no_repeat if no_repeat is not None else model_decoding.get("no_repeat_ngram_size", 0),
+            mmi_weight=mmi,
             # a default max_length follows the source: min_length is capped by it, not refused
             min_length=options.min_length if options.max_length else min(options.min_length, max_length),
             **options.model_dump(include=_PASSED_AS_THEY_ARE),
@@ -126,6 +139,7 @@ def prepare(
     ``stream_tokens``: the requests' streams get every token as it is decoded;
     ``return_attention``: their hypotheses carry the attention weights (see :func:`check_attention`);
     ``client``: the name of the API key that sent them, by which the engine takes turns."""
+    check_reranking(entry, options)
     engine = registry.engine(entry)
     tokenizer = engine.info.source_tokenizer
     timeout_s = options.timeout or settings.request_timeout_s

@@ -30,6 +30,8 @@ def model_info(entry: ModelEntry, registry: Registry) -> ModelInfo:
         default_for=defaults,
         description=m.get("description"),
         evaluation=m.get("evaluation"),
+        decoding=m.get("decoding"),
+        mmi_reranking="backward" in m,
         device=info.device if info is not None else None,
         quantization=info.quantization if info is not None else None,
         dtype=info.dtype if info is not None else None,

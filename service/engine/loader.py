@@ -56,7 +56,7 @@ class DeviceModel:
         return str(self.dtype).removeprefix("torch.")
 
     def new_batch(self) -> GenerationBatch:
-        return GenerationBatch(self.loaded.model, self.device, self.decode_step)
+        return GenerationBatch(self.loaded.model, self.device, self.decode_step, self.loaded.backward)
 
     def warmup(self) -> None:
         """Run greedy and beam decoding once so the first real request pays no start-up cost."""
@@ -65,7 +65,9 @@ class DeviceModel:
             GenerationRequest("warmup-greedy", ids, DecodeParams(max_length=8)),
             GenerationRequest("warmup-beam", ids, DecodeParams(max_length=8, beam_size=2)),
         ]
-        generate(self.loaded.model, warmup, device=self.device)
+        if self.loaded.backward is not None:
+            warmup.append(GenerationRequest("warmup-mmi", ids, DecodeParams(max_length=8, beam_size=2, mmi_weight=0.5)))
+        generate(self.loaded.model, warmup, device=self.device, backward=self.loaded.backward)
 
 
 def load_model(

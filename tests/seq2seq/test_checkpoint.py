@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from seq2seq.checkpoint import (
+    BACKWARD_WEIGHTS,
     MANIFEST,
     WEIGHTS,
     CheckpointError,
@@ -254,3 +255,37 @@ def test_store_versions_sort_numerically_and_skip_what_is_not_a_model(tmp_path: 
     (tmp_path / "empty").mkdir()
     (tmp_path / "README").write_text("not a model")
     assert store_versions(tmp_path) == {"m": ["1.2", "1.10", "2", "10", "rc"], "n": ["1"]}
+
+
+def test_a_backward_model_round_trips_and_reads_the_other_way(
+    tmp_path: Path, tokenizers: tuple[Tokenizer, Tokenizer]
+) -> None:
+    src, tgt = tokenizers
+    model, backward = random_model(config_for(src, tgt)), random_model(config_for(tgt, src), seed=2)
+    assert src.path is not None and tgt.path is not None
+    out = save_model_dir(tmp_path / "toy" / "3", model, BASE_MANIFEST, src.path, tgt.path, backward=backward)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["backward"] == {"file": BACKWARD_WEIGHTS, "model": backward.cfg.to_dict()}
+    assert manifest["files"][BACKWARD_WEIGHTS] == sha256_file(out / BACKWARD_WEIGHTS)
+    loaded = load_model_dir(out)
+    assert loaded.backward is not None and not loaded.backward.training
+    assert (loaded.backward.cfg.src_vocab_size, loaded.backward.cfg.tgt_vocab_size) == (tgt.vocab_size, src.vocab_size)
+    torch.testing.assert_close(outputs(loaded.backward.half().float()), outputs(backward.half().float()))
+    assert load_model_dir(save(tmp_path / "plain", model, src, tgt)).backward is None
+
+
+def test_a_backward_model_that_does_not_fit_the_tokenizers_or_its_file(
+    tmp_path: Path, tokenizers: tuple[Tokenizer, Tokenizer]
+) -> None:
+    src, tgt = tokenizers
+    assert src.path is not None and tgt.path is not None
+    model = random_model(config_for(src, tgt))
+    out = save_model_dir(
+        tmp_path / "m", model, BASE_MANIFEST, src.path, tgt.path, backward=random_model(config_for(tgt, src))
+    )
+    edit_manifest(out, lambda m: m["backward"]["model"].update(src_vocab_size=src.vocab_size + 1))
+    with pytest.raises(CheckpointError, match="pieces but the backward model config expects"):
+        load_model_dir(out)
+    edit_manifest(out, lambda m: m["files"].pop(BACKWARD_WEIGHTS))
+    with pytest.raises(CheckpointError, match=f"no checksum for {BACKWARD_WEIGHTS}"):
+        load_model_dir(out)

@@ -1,4 +1,5 @@
-"""Decoding defaults that come from the model: ``no_repeat_ngram_size`` chosen on val, in the manifest."""
+"""Decoding defaults that come from the model (``no_repeat_ngram_size``, ``mmi_weight``: chosen on val, in
+the manifest), the end mark, and MMI reranking with the model's backward model."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import json
 import shutil
 from pathlib import Path
 
+from seq2seq.checkpoint import load_model_dir
+from seq2seq.decoding import DecodeParams, source_length_cap
+from seq2seq.generation import GenerationRequest, generate
 from tests.seq2seq.test_no_repeat import repeats
 from tests.service.conftest import AppClient
 
@@ -72,3 +76,66 @@ async def test_the_models_end_mark_ends_a_source_that_ends_no_sentence(
     async with app_client(model_store=tiny_store) as (client, _):  # no mark declared: the source as it is
         plain = await translate(client, "Ein Mann spielt im Park")
     assert plain["usage"]["input_tokens"] < ended["usage"]["input_tokens"]
+
+
+MESSAGES = ["a man runs in the park", "two dogs", "the woman plays with a red ball", "hello"]
+
+
+def offline_replies(store: Path, mmi_weight: float, beam_size: int = 4) -> list[str]:
+    """The tiny chat model's replies decoded here, as the server should decode them."""
+    loaded = load_model_dir(store / "chat-en" / "1")
+    tok = loaded.source_tokenizer
+    requests = []
+    for i, message in enumerate(MESSAGES):
+        ids = tok.encode(message)
+        params = DecodeParams(
+            max_length=source_length_cap(len(ids)), min_length=1, beam_size=beam_size, mmi_weight=mmi_weight
+        )
+        requests.append(GenerationRequest(str(i), ids, params))
+    results = generate(loaded.model, requests, backward=loaded.backward)
+    return [loaded.target_tokenizer.decode(results[str(i)][0].tokens) for i in range(len(MESSAGES))]
+
+
+async def replies(client, **options) -> list[str]:
+    out = []
+    for message in MESSAGES:
+        r = await client.post("/chat", json={"message": message, "model": "chat-en", **options})
+        assert r.status_code == 200, r.text
+        out.append(r.json()["reply"])
+    return out
+
+
+async def test_mmi_reranks_the_beams_with_the_models_backward_model(app_client: AppClient, tiny_store: Path):
+    plain, reranked = offline_replies(tiny_store, 0.0), offline_replies(tiny_store, 0.9)
+    assert plain != reranked  # the tiny backward model prefers other replies
+    async with app_client(model_store=tiny_store) as (client, _):
+        assert await replies(client, beam_size=4, mmi_weight=0.9) == reranked
+        assert await replies(client, beam_size=4) == plain  # no default in the manifest: off
+        info = (await client.get("/models/chat-en")).json()
+        assert info["mmi_reranking"] is True
+        assert (await client.get("/models/translate-de-en")).json()["mmi_reranking"] is False
+
+
+async def test_the_models_mmi_default_reranks_beams_only(app_client: AppClient, tiny_store: Path, tmp_path: Path):
+    store = Path(shutil.copytree(tiny_store, tmp_path / "model_store"))
+    path = store / "chat-en" / "1" / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "decoding": {"mmi_weight": 0.9}}))
+    async with app_client(model_store=store) as (client, _):
+        assert await replies(client, beam_size=4) == offline_replies(store, 0.9)
+        assert await replies(client, beam_size=4, mmi_weight=0) == offline_replies(store, 0.0)
+        greedy = await replies(client)  # nothing to rerank: the default does not apply
+    assert greedy == offline_replies(store, 0.0, beam_size=1)
+
+
+async def test_mmi_weight_without_beams_or_backward_model_is_422(app_client: AppClient):
+    async with app_client() as (client, _):
+        r = await client.post("/chat", json={"message": "hello", "mmi_weight": 0.5})
+        assert r.status_code == 422 and "needs beam_size > 1" in r.json()["error"]["message"]
+        r = await client.post("/translate", json={"text": TEXTS[0], "beam_size": 3, "mmi_weight": 0.5})
+        assert r.status_code == 422
+        assert r.json()["error"]["message"] == (
+            "mmi_weight needs a model that ships a backward model p(input | output); translate-de-en has none"
+        )
+        for value in (1.5, -0.1, "0.5", True):
+            r = await client.post("/chat", json={"message": "hello", "beam_size": 2, "mmi_weight": value})
+            assert r.status_code == 422, value

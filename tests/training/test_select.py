@@ -10,8 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.training.conftest import TrainedRun, isolated_main
-from training import evaluate, select
+from seq2seq.checkpoint import load_model_dir
+from tests.training.conftest import TrainedRun, isolated_main, train_argv
+from training import evaluate, select, train
+from training.export import Identity, export_run
 
 
 @pytest.fixture
@@ -48,3 +50,29 @@ def test_select_picks_weights_and_beam_settings_on_val_and_evaluation_uses_them(
     assert evaluated["beam"]["decoding"]["beam_size"] == decoding["beam_size"]  # tuned on val, used on test
     assert evaluated["beam"]["decoding"]["length_penalty"] == decoding["length_penalty"]
     assert evaluated["beam"]["chrf"] > 90 and "nc:6" in evaluated["beam"]["signature_chrf"]  # chrF beside BLEU
+
+
+def test_mmi_reranking_is_tuned_on_val_and_the_backward_model_ships_inside_the_model(
+    trained_run: TrainedRun, run_dir: Path, tmp_path: Path
+) -> None:
+    """A backward run (``--reverse``, the forward run's tokenizers), the MMI weight chosen on val
+    among the grid's, and an export that carries both models and loads with them."""
+    argv = json.loads((trained_run.run_dir / "run.json").read_text())["args"]
+    backward_dir = tmp_path / "backward"
+    with isolated_main():
+        train.main(
+            train_argv(backward_dir, Path(argv["train"]), Path(argv["val"]), "--epochs", "3", "--reverse")
+            + ["--test", argv["test"], "--tokenizers-from", str(run_dir)]
+        )
+    info = json.loads((backward_dir / "run.json").read_text())
+    assert info["args"]["reverse"] and info["provenance"]["direction"] == "reversed: target -> source"
+    with isolated_main():
+        result = select.main(["--run-dir", str(run_dir), "--average", "3", "--backward", str(backward_dir)])
+    assert set(result["mmi_grid"]) == {str(w) for w in select.MMI_WEIGHTS}
+    assert result["mmi_grid"][str(result["decoding"]["mmi_weight"])] == max(result["mmi_grid"].values())
+    identity = Identity("chat", "xx", "yy", "letters reversed", "test")
+    out = export_run(run_dir, "toy-chat", "1", identity, tmp_path / "store")
+    loaded = load_model_dir(out)
+    assert loaded.backward is not None and loaded.manifest["decoding"]["mmi_weight"] == result["decoding"]["mmi_weight"]
+    assert loaded.manifest["training"]["backward"]["run"] == "backward"
+    assert loaded.manifest["training"]["backward"]["epochs"] == 3

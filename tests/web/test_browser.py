@@ -172,6 +172,30 @@ def test_chat_errors_before_and_during_the_stream(page: Any, web_env: WebEnv) ->
     assert "Retry in 5 s" in page.inner_text("#chat-error")
 
 
+def test_the_mmi_weight_reaches_the_api(page: Any, web_env: WebEnv) -> None:
+    """The chat view's MMI field goes into the request; the page shows what the API answers: the
+    reranked reply from a model with a backward model, the API's 422 from one without."""
+    open_page(page, web_env, "chat")
+    page.select_option("#chat-model", "lang:en")
+    page.click("#chat-form summary")
+    page.fill("#chat-beam_size", "4")
+    page.fill("#chat-mmi_weight", "0.6")
+    page.fill("#chat-message", "How are you?")
+    with page.expect_request("**/chat") as sent:
+        page.press("#chat-message", "Enter")
+    body = json.loads(sent.value.post_data or "{}")
+    assert (body["beam_size"], body["mmi_weight"]) == (4, 0.6)
+    options = {"message": "How are you?", "language": "en", "beam_size": 4, "mmi_weight": 0.6}
+    expected = httpx.post(f"{web_env.service.url}/chat", json=options, timeout=30)
+    if expected.status_code == 200:
+        page.wait_for_selector("#chat-log .msg.assistant .meta")
+        assert page.inner_text("#chat-log .msg.assistant .text").strip() == expected.json()["reply"]
+    else:
+        assert expected.status_code == 422
+        alert = page.wait_for_selector("#chat-error:not([hidden])")
+        assert expected.json()["error"]["message"] in alert.inner_text()
+
+
 def test_compare_shows_every_de_en_model(page: Any, web_env: WebEnv, artifacts: Path) -> None:
     de_en = {
         m["name"]: m
