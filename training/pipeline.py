@@ -1,6 +1,6 @@
 """Train a translator or a chatbot on your own pairs and put it in a model store: one command.
 
-    python -m training.pipeline my-bot --task chat --lang en --train pairs.tsv --val val.tsv
+    python -m training.pipeline my-bot --task chat --lang en --train pairs.tsv --val val.tsv [--mmi]
     python -m training.pipeline my-de-en --task translate --src de --tgt en \\
         --train-src train.de --train-tgt train.en --val-src val.de --val-tgt val.en
 
@@ -11,7 +11,9 @@ progress: train (``training.train``, a progress bar per epoch, early stopping; e
 weights and beam settings on val (``training.select``), evaluate (``training.evaluate``), and
 write ``<model store>/<name>/<version>``, which the server loads like the bundled models. The
 run lives in ``runs/<name>``: with ``--time-budget`` it stops in time, and the same command
-resumes it and finishes the rest.
+resumes it and finishes the rest. A chatbot trained with ``--mmi`` also gets a backward model
+p(message | reply) (``runs/<name>-backward``), and its beams are reranked by it (maximum mutual
+information) with a weight tuned on val.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from seq2seq.checkpoint import store_versions
@@ -43,17 +46,28 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--time-budget", type=float, default=0, help="minutes of training now; the same command resumes")
+    p.add_argument(
+        "--mmi",
+        action="store_true",
+        help="chat: also train a backward model p(message | reply), which reranks the beams (weight tuned on val)",
+    )
     args, train_args = p.parse_known_args(argv)
     if args.task == "chat" and not args.lang:
         p.error("--task chat needs --lang")
     if args.task == "translate" and not (args.src and args.tgt):
         p.error("--task translate needs --src and --tgt")
+    if args.mmi and args.task != "chat":
+        p.error("--mmi reranks replies by their message: it is for --task chat")
     return args, train_args
 
 
 def next_version(store: Path, name: str) -> str:
     numbers = [int(v) for v in store_versions(store).get(name, []) if v.isdigit()] if store.is_dir() else []
     return str(max(numbers, default=0) + 1)
+
+
+def stopped() -> None:
+    log.info("training stopped for the time budget; run the same command again to resume")
 
 
 def main(argv: list[str] | None = None) -> Path | None:
@@ -63,14 +77,20 @@ def main(argv: list[str] | None = None) -> Path | None:
     run_dir = args.runs_dir / args.name
     common = ["--threads", str(args.threads)]
     chat = ["--joint-vocab"] if args.task == "chat" and "--joint-vocab" not in train_args else []
-    state = train.main(
-        ["--run-dir", str(run_dir), "--corpus", "files", "--src", src, "--tgt", tgt, *chat, *train_args, *common]
-        + ["--time-budget", str(args.time_budget)]
-    )
-    if not state["done"]:
-        log.info("training stopped for the time budget; run the same command again to resume")
-        return None
-    select.main(["--run-dir", str(run_dir), *common])
+    run = ["--corpus", "files", "--src", src, "--tgt", tgt, *chat, *train_args, *common]
+    runs = {run_dir: run}
+    backward_dir = args.runs_dir / f"{args.name}-backward"
+    if args.mmi:  # the backward model reads the forward run's tokenizer
+        runs[backward_dir] = [*run, "--reverse", "--tokenizers-from", str(run_dir)]
+    deadline = time.monotonic() + args.time_budget * 60
+    for directory, options in runs.items():
+        left_min = (deadline - time.monotonic()) / 60
+        if args.time_budget and left_min <= 0:
+            return stopped()
+        budget = ["--time-budget", str(left_min if args.time_budget else 0)]
+        if not train.main(["--run-dir", str(directory), *options, *budget])["done"]:
+            return stopped()
+    select.main(["--run-dir", str(run_dir), *common, *(["--backward", str(backward_dir)] if args.mmi else [])])
     evaluate.main(["--run-dir", str(run_dir), *common])
     version = args.version or next_version(args.model_store, args.name)
     data = json.loads((run_dir / "run.json").read_text())["provenance"]
