@@ -81,17 +81,26 @@ def evaluate(
     beam_size: int = 5,
     length_penalty: float = 1.0,
     max_length: int = 100,
+    mmi_weight: float = 0.0,
+    backward: Seq2Seq | None = None,
 ) -> dict[str, Any]:
+    """Test loss and perplexity, and BLEU and chrF greedy and with beam search (reranked by
+    ``backward`` with ``mmi_weight``, for a chat model that ships one)."""
     sources = [s for s, _ in test]
     references = [t for _, t in test]
     nll = evaluate_loss(model, encode_pairs(test, src_tok, tgt_tok, 10_000), 4000, "cpu")
     result: dict[str, Any] = {"sentences": len(test), "test_loss": round(nll, 4), "test_ppl": round(math.exp(nll), 2)}
     for name, params in (
         ("greedy", DecodeParams(max_length=max_length)),
-        ("beam", DecodeParams(max_length=max_length, beam_size=beam_size, length_penalty=length_penalty)),
+        (
+            "beam",
+            DecodeParams(
+                max_length=max_length, beam_size=beam_size, length_penalty=length_penalty, mmi_weight=mmi_weight
+            ),
+        ),
     ):
         t0 = time.monotonic()
-        hyps = translate_all(model, src_tok, tgt_tok, sources, params)
+        hyps = translate_all(model, src_tok, tgt_tok, sources, params, backward=backward)
         seconds = time.monotonic() - t0
         result[name] = {
             **bleu_scores(hyps, references),
@@ -99,6 +108,7 @@ def evaluate(
                 "beam_size": params.beam_size,
                 "length_penalty": params.length_penalty if params.beam_size > 1 else None,
                 "max_length": max_length,
+                **({"mmi_weight": params.mmi_weight} if params.mmi_weight else {}),
             },
             "seconds": round(seconds, 1),
             "examples": [
@@ -163,20 +173,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p.error("--apply writes into a packaged model's manifest: give --model-dir")
     torch.set_num_threads(args.threads)
     tuned: dict[str, Any] = {}
+    backward: Seq2Seq | None = None
     if args.run_dir:
         model, src_tok, tgt_tok, info = load_run(args.run_dir)
         corpus = load_corpus(**corpus_of_run(info, args.corpus, args.src, args.tgt))
         if (args.run_dir / "selection.json").exists():
-            tuned = json.loads((args.run_dir / "selection.json").read_text())["decoding"]
+            selection = json.loads((args.run_dir / "selection.json").read_text())
+            tuned = selection["decoding"]
+            if "backward" in selection:  # tuned with a backward model: decode as the exported model will
+                backward = load_run(Path(selection["backward"]))[0]
     else:
         loaded = load_model_dir(args.model_dir)
         model, src_tok, tgt_tok = loaded.model, loaded.source_tokenizer, loaded.target_tokenizer
         corpus = load_corpus(**corpus_of_model(loaded.manifest, args.corpus, args.src, args.tgt))
         tuned = loaded.manifest.get("decoding") or {}
+        backward = loaded.backward
     model = optimize_for_inference(model.to(getattr(torch, args.dtype)), args.quantize)  # the form the service runs
     beam_size = args.beam_size or tuned.get("beam_size", 5)
     alpha = args.length_penalty if args.length_penalty is not None else tuned.get("length_penalty", 1.0)
-    result = evaluate(model, src_tok, tgt_tok, corpus.test, beam_size, alpha)
+    if backward is not None:  # as the service loads it: in the dtype, neither fused nor quantised
+        backward = backward.to(getattr(torch, args.dtype))
+    mmi = tuned.get("mmi_weight", 0.0) if backward is not None else 0.0
+    result = evaluate(model, src_tok, tgt_tok, corpus.test, beam_size, alpha, mmi_weight=mmi, backward=backward)
     result["dtype"], result["quantize"] = args.dtype, args.quantize
     result["test_set"] = (
         corpus.provenance.get("splits", {}).get("test", "test")

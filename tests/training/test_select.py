@@ -70,6 +70,9 @@ def test_mmi_reranking_is_tuned_on_val_and_the_backward_model_ships_inside_the_m
         result = select.main(["--run-dir", str(run_dir), "--average", "3", "--backward", str(backward_dir)])
     assert set(result["mmi_grid"]) == {str(w) for w in select.MMI_WEIGHTS}
     assert result["mmi_grid"][str(result["decoding"]["mmi_weight"])] == max(result["mmi_grid"].values())
+    with isolated_main():
+        evaluated = evaluate.main(["--run-dir", str(run_dir), "--out", str(tmp_path / "eval.json")])
+    assert evaluated["beam"]["decoding"].get("mmi_weight", 0.0) == result["decoding"]["mmi_weight"]
     identity = Identity("chat", "xx", "yy", "letters reversed", "test")
     out = export_run(run_dir, "toy-chat", "1", identity, tmp_path / "store")
     loaded = load_model_dir(out)
