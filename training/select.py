@@ -10,7 +10,8 @@
    copied to ``selected.safetensors``.
 3. For the winner, beam size and length penalty are tuned on val over a small grid.
 4. With ``--backward RUN_DIR`` (a chat model's backward run, ``--reverse``), the weight of
-   MMI reranking (:mod:`seq2seq.rerank`) is tuned on val too, 0 (off) included.
+   MMI reranking (:mod:`seq2seq.rerank`) and the beam it reranks are tuned on val too, with
+   the length penalty of step 3; reranking is kept only if it beats step 3's best on val.
 
 Writes ``selection.json`` (every score, the choice, the tuned decoding); ``training.evaluate``
 and ``training.export`` then use ``selected.safetensors`` and the tuned settings.
@@ -40,6 +41,7 @@ log = logging.getLogger("training.select")
 BEAM_SIZES = (3, 5, 8)
 LENGTH_PENALTIES = (0.6, 0.8, 1.0, 1.2)
 MMI_WEIGHTS = (0.0, 0.2, 0.4, 0.6, 0.8)
+MMI_BEAM_SIZES = (5, 8)  # reranking gains from a larger pool; 8 is the server's default beam limit
 
 
 def average_weights(paths: list[Path], out: Path) -> None:
@@ -94,11 +96,15 @@ def select(run_dir: Path, average: int = 5, backward_dir: Path | None = None) ->
     if backward_dir is not None:
         backward = load_run(backward_dir)[0]
         mmi = {}
-        for weight in MMI_WEIGHTS:
-            params = DecodeParams(beam_size=int(beam_size), length_penalty=alpha, mmi_weight=weight)
-            mmi[str(weight)] = val_bleu(selected, pairs, params, backward)
-            log.info("MMI weight %.1f: val BLEU %.2f", weight, mmi[str(weight)])
-        decoding["mmi_weight"] = float(max(mmi, key=mmi.__getitem__))
+        for beams, weight in itertools.product(MMI_BEAM_SIZES, MMI_WEIGHTS):
+            params = DecodeParams(beam_size=beams, length_penalty=alpha, mmi_weight=weight)
+            mmi[f"beam {beams}, weight {weight}"] = bleu = val_bleu(selected, pairs, params, backward)
+            log.info("beam %d, MMI weight %.1f: val BLEU %.2f", beams, weight, bleu)
+        beams, weight = (float(x.split()[-1]) for x in max(mmi, key=mmi.__getitem__).split(", "))
+        if mmi[f"beam {int(beams)}, weight {weight}"] > grid[best]:  # else reranking does not help on val
+            decoding.update(beam_size=int(beams), mmi_weight=weight)
+        else:
+            decoding["mmi_weight"] = 0.0
         result.update(mmi_grid=mmi, backward=str(backward_dir.resolve()))
     (run_dir / "selection.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -68,8 +68,13 @@ def test_mmi_reranking_is_tuned_on_val_and_the_backward_model_ships_inside_the_m
     assert info["args"]["reverse"] and info["provenance"]["direction"] == "reversed: target -> source"
     with isolated_main():
         result = select.main(["--run-dir", str(run_dir), "--average", "3", "--backward", str(backward_dir)])
-    assert set(result["mmi_grid"]) == {str(w) for w in select.MMI_WEIGHTS}
-    assert result["mmi_grid"][str(result["decoding"]["mmi_weight"])] == max(result["mmi_grid"].values())
+    assert len(result["mmi_grid"]) == len(select.MMI_BEAM_SIZES) * len(select.MMI_WEIGHTS)
+    decoding, best_plain = result["decoding"], max(result["grid"].values())
+    if decoding["mmi_weight"]:  # kept only when it beats plain beam search on val
+        chosen = result["mmi_grid"][f"beam {decoding['beam_size']}, weight {decoding['mmi_weight']}"]
+        assert chosen == max(result["mmi_grid"].values()) > best_plain
+    else:
+        assert max(result["mmi_grid"].values()) <= best_plain
     with isolated_main():
         evaluated = evaluate.main(["--run-dir", str(run_dir), "--out", str(tmp_path / "eval.json")])
     assert evaluated["beam"]["decoding"].get("mmi_weight", 0.0) == result["decoding"]["mmi_weight"]
