@@ -144,6 +144,9 @@ def prepare(
     tokenizer = engine.info.source_tokenizer
     timeout_s = options.timeout or settings.request_timeout_s
     end_mark = (entry.manifest.get("preprocessing") or {}).get("end_mark")
+    model_decoding = dict(entry.manifest.get("decoding") or {})
+    if "backward" not in entry.manifest:  # a default that nothing could apply
+        model_decoding.pop("mmi_weight", None)
     requests = []
     for text, field in zip(texts, fields, strict=True):
         ids = tokenizer.encode(end_sentence(check_text(text, field, settings), end_mark))
@@ -154,7 +157,7 @@ def prepare(
         if not ids:  # the schema's pattern knows nmt_nfkc; a model trained with other normalisation may differ
             raise InvalidRequest(f"{field} has no translatable content")
         vocab_size = engine.info.target_tokenizer.vocab_size
-        params = decode_params(options, len(ids), vocab_size, settings, entry.manifest.get("decoding") or {})
+        params = decode_params(options, len(ids), vocab_size, settings, model_decoding)
         requests.append(Request(uuid.uuid4().hex, ids, params, timeout_s, stream_tokens, return_attention, client))
     return Prepared(entry, engine, requests)
 
