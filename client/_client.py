@@ -280,10 +280,16 @@ class ChatStream:
             yield event
 
     def text_deltas(self) -> Iterator[str]:
-        """Only the text; the final result is then in :attr:`result`."""
+        """Only the text, in pieces; the final result is then in :attr:`result`. A beam-searched
+        reply comes as one piece, at the end: the server streams no tokens of a beam search,
+        whose best reply is only known once it is over."""
+        streamed = False
         for event in self:
             if isinstance(event, ChatDelta):
+                streamed = True
                 yield event.text
+        if not streamed and self.result is not None and self.result.reply:
+            yield self.result.reply
 
     def close(self) -> None:
         self._events.close()
@@ -309,9 +315,13 @@ class AsyncChatStream:
             yield event
 
     async def text_deltas(self) -> AsyncIterator[str]:
+        streamed = False
         async for event in self:
             if isinstance(event, ChatDelta):
+                streamed = True
                 yield event.text
+        if not streamed and self.result is not None and self.result.reply:
+            yield self.result.reply
 
     async def aclose(self) -> None:
         await self._events.aclose()

@@ -32,6 +32,8 @@ class DecodingOptions(TypedDict, total=False):
     seed: int
     max_length: int
     min_length: int
+    no_repeat_ngram_size: int
+    mmi_weight: float
     timeout: float
 
 
@@ -150,6 +152,8 @@ class ModelInfo:
     default_for: list[str] = field(default_factory=list)
     description: str | None = None
     evaluation: dict[str, Any] | None = None
+    decoding: dict[str, Any] | None = None  # its defaults, chosen on val
+    mmi_reranking: bool = False  # it ships a backward model: mmi_weight works with it
     device: str | None = None
 
     @classmethod

@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("message", nargs="?", help="send only this message (default: read lines from stdin)")
     chat.add_argument("--language", help="reply language (default: any chat model)")
     chat.add_argument("--model", help="chat model name")
+    chat.add_argument("--beam-size", type=int, help="beam search width (default: greedy, streamed token by token)")
+    chat.add_argument(
+        "--mmi-weight",
+        type=float,
+        help="rerank the beams with the model's backward model by this weight (default: the model's)",
+    )
     chat.set_defaults(run=_chat)
 
     models = commands.add_parser("models", parents=[common], help="list the server's models")
@@ -256,7 +262,12 @@ def _user_lines() -> Iterator[str]:
 
 def _stream_reply(client: Client, message: str, history: list[ChatTurn], args: argparse.Namespace) -> str:
     printed = False
-    with client.chat_stream(message, history=history, model=args.model, language=args.language) as stream:
+    options: DecodingOptions = {}
+    if args.beam_size is not None:
+        options["beam_size"] = args.beam_size
+    if args.mmi_weight is not None:
+        options["mmi_weight"] = args.mmi_weight
+    with client.chat_stream(message, history=history, model=args.model, language=args.language, **options) as stream:
         try:
             for text in stream.text_deltas():
                 print(text, end="", flush=True)

@@ -119,3 +119,17 @@ def test_a_reader_that_stops_early_ends_the_cli_quietly(server_url: str) -> None
         proc.stdout.close()  # the reader is gone before the output comes (``head`` after its lines)
         stderr = proc.stderr.read().decode()
         assert proc.wait(30) == 141 and "Traceback" not in stderr, stderr
+
+
+def test_chat_with_beams_and_mmi_reaches_the_server(server_url: str) -> None:
+    """The options go through: the README's beam-5 reply, and the server's 422 for a model that
+    ships no backward model (mmi_reranking is false in /models)."""
+    done = seq2seq("chat", "Hello", "--language", "en", "--beam-size", "5", url=server_url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "Hello"  # the README's chat-en table, beam 5
+    listed = json.loads(seq2seq("models", "--json", url=server_url).stdout)
+    chat_en = next(m for m in listed if m["name"] == "chat-en")
+    assert chat_en["mmi_reranking"] is False and chat_en["decoding"]["beam_size"] == 5
+    done = seq2seq("chat", "Hello", "--language", "en", "--beam-size", "5", "--mmi-weight", "0.5", url=server_url)
+    assert done.returncode == 1
+    assert "mmi_weight needs a model that ships a backward model" in done.stderr

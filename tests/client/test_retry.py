@@ -296,3 +296,14 @@ def test_client_and_async_client_have_the_same_methods() -> None:
         return {name for name in vars(cls) if not name.startswith("_") and callable(getattr(cls, name))}
 
     assert public(Client) - {"close"} == public(AsyncClient) - {"aclose"}
+
+
+async def test_a_stream_without_tokens_gives_the_reply_as_one_delta() -> None:
+    """A beam search streams no tokens, only its result: text_deltas still gives the reply."""
+    body = f"event: done\ndata: {json.dumps(CHAT)}\n\n"
+    client, _, _ = make_client(httpx.Response(200, text=body))
+    with client.chat_stream("Hi", beam_size=3) as stream:
+        assert list(stream.text_deltas()) == ["I am fine."]
+    async_client, _, _ = make_async_client(httpx.Response(200, text=body))
+    async with async_client.chat_stream("Hi", beam_size=3) as async_stream:
+        assert [d async for d in async_stream.text_deltas()] == ["I am fine."]
