@@ -15,7 +15,9 @@ from training.export import MODEL_STORE
 
 def _bleu(evaluation: dict[str, Any], mode: str) -> str:
     result = evaluation.get(mode) or {}
-    return f"{result['bleu']:.1f} / {result['bleu_lc']:.1f}" if "bleu" in result else "–"
+    if "bleu" not in result:
+        return "–"
+    return f"{result['bleu']:.1f} / {result['bleu_lc']:.1f}" if "bleu_lc" in result else f"{result['bleu']:.1f}"
 
 
 def _beam(evaluation: dict[str, Any]) -> str:
@@ -23,7 +25,8 @@ def _beam(evaluation: dict[str, Any]) -> str:
     result = evaluation.get("beam") or {}
     decoding = result.get("decoding") or {}
     chrf = f"{result['chrf']:.1f}" if "chrf" in result else "–"
-    return f"{chrf} | {decoding.get('beam_size', '–')}, α {decoding.get('length_penalty', '–')}"
+    mmi = f", MMI {decoding['mmi_weight']}" if decoding.get("mmi_weight") else ""
+    return f"{chrf} | {decoding.get('beam_size', '–')}, α {decoding.get('length_penalty', '–')}{mmi}"
 
 
 def table(store: Path) -> str:

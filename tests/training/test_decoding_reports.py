@@ -57,7 +57,15 @@ def test_the_readme_tables_render_what_the_manifests_hold(tmp_path: Path):
     robustness = {"chosen": 3, "end_mark": ".", "setting": "3+.", "sets": {"val": {"0": lengths, "3+.": fixed}}}
     replies = {"bleu": 12.0, "chrf": 20.0, "distinct_1": 0.5, "distinct_2": 0.75, "copies_of_training_answers": 7}
     chat = {"test_set": "held-out 5% (9 pairs)", "lookup": replies, "greedy": replies, "beam": replies}
-    for name, extra in (("translate-de-en", {"robustness": robustness}), ("chat-en", {"chat_evaluation": chat})):
+    beam = {
+        "bleu": 9.0,
+        "bleu_lc": 9.5,
+        "chrf": 21.0,
+        "decoding": {"beam_size": 8, "length_penalty": 1.2, "mmi_weight": 0.4},
+    }
+    evaluation = {"test_set": "held-out 5%", "sentences": 9, "beam": beam}
+    chat_extra = {"chat_evaluation": chat, "evaluation": evaluation}
+    for name, extra in (("translate-de-en", {"robustness": robustness}), ("chat-en", chat_extra)):
         path = store / name / "1" / "manifest.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), **extra}))
     rows = report.robustness_table(store).splitlines()
@@ -65,6 +73,9 @@ def test_the_readme_tables_render_what_the_manifests_hold(tmp_path: Path):
         "| `translate-de-en` v1 | no-repeat 3, end mark `.` | val (9) | 4 → 0 | 1 → 1 | 30.00 → 30.00 | 2 → 0 | 0 → 0 "
         "| 31.00 → 31.50 |"
     ]
+    models = {row.split(" | ")[0]: row for row in report.table(store).splitlines()[2:]}
+    assert "| 9.0 / 9.5 | 21.0 | 8, α 1.2, MMI 0.4 |" in models["| `chat-en` v1"]  # beam reranked by its backward model
+    assert "MMI" not in models["| `translate-de-en` v1"]
     chat_rows = report.chat_table(store).splitlines()[2:]
     assert [r.split(" | ")[2] for r in chat_rows] == ["nearest-question lookup", "model, greedy", "model, beam"]
     assert chat_rows[0].endswith("| 12.0 | 20.0 | 0.50 | 0.75 | 7 |")
