@@ -96,6 +96,7 @@ def build_manifest(name: str, version: str, run_dir: Path, identity: Identity) -
             "hardware": f"{hardware()}, {threads} thread(s), CPU",
             "torch": info["torch"],
             "history": state["history"],
+            **({"resumed_with": info["resumed_with"]} if "resumed_with" in info else {}),
         },
         "evaluation": evaluation,
         # weights and beam settings chosen on val (training.select): what "beam" above was decoded with

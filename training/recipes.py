@@ -38,7 +38,7 @@ class Recipe:
         return argv
 
 
-_MULTI30K = ("--corpus", "multi30k", "--vocab-size", "6000", "--epochs", "60", "--patience", "5")
+_MULTI30K = ("--corpus", "multi30k", "--vocab-size", "6000", "--epochs", "60", "--patience", "5", "--amp", "bf16")
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
@@ -111,6 +111,8 @@ RECIPES: dict[str, Recipe] = {
             "en",
             "en",
             (
+                "--amp",
+                "bf16",
                 "--corpus",
                 "chatterbot-en-smalltalk",
                 "--augment-sources",

@@ -137,6 +137,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+UNRECORDED_ARGS = ("run_dir", "data_dir", "tokenizers_from", "time_budget", "threads")  # how a run is driven
 FILE_ARGS = tuple(f"{split}{suffix}" for split in ("train", "val", "test") for suffix in ("", "_src", "_tgt"))
 
 
@@ -252,6 +253,21 @@ class Trainer:
         }
         (self.run_dir / "run.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
 
+    def note_resume(self) -> None:
+        """Record in ``run.json`` the options a resumed run was started with that differ from its
+        first start's (``--amp bf16`` from some epoch on, say), so its provenance stays true."""
+        path = self.run_dir / "run.json"
+        info = json.loads(path.read_text())
+        now = {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()}
+        changed = {k: v for k, v in now.items() if k not in UNRECORDED_ARGS and info["args"].get(k) != v}
+        if changed:
+            log.info("resumed with other options than the run began with: %s", changed)
+            info.setdefault("resumed_with", []).append(
+                {"epoch": self.state.epoch, "batch": self.state.batch, **changed}
+            )
+            info["args"] = {**info["args"], **changed}
+            path.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+
     def checkpoint(self) -> None:
         """Write last weights, optimizer and trainer state; the state file is replaced last and atomically."""
         save_weights(self.model, self.run_dir / "last.safetensors")
@@ -301,7 +317,9 @@ class Trainer:
     # -- training ----------------------------------------------------------------------
     def run(self) -> TrainerState:
         args = self.args
-        if not self.resume():
+        if self.resume():
+            self.note_resume()
+        else:
             self.save_run_info()
         log.info(
             "%s: %d params, %d train / %d val pairs, threads=%d",

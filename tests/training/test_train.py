@@ -187,3 +187,12 @@ def test_early_stopping(tmp_path: Path) -> None:
     state = run_train(small_run(tmp_path, "flat", "--lr", "0", "--epochs", "5", "--patience", "1"))
     assert state["done"] and state["epoch"] == 2 and state["best_epoch"] == 1 and state["bad_epochs"] == 1
     assert state["history"][1]["lr"] == 0.0
+
+
+def test_a_run_resumed_with_other_options_says_so_in_its_run_info(tmp_path: Path) -> None:
+    stopped = run_train(small_run(tmp_path, "switched", "--time-budget", "0.00001"))
+    assert (stopped["epoch"], stopped["batch"], stopped["done"]) == (0, 1, False)
+    assert run_train(small_run(tmp_path, "switched", "--amp", "bf16"))["done"]
+    info = json.loads((tmp_path / "switched" / "run.json").read_text())
+    assert info["resumed_with"] == [{"epoch": 0, "batch": 1, "amp": "bf16"}]  # not the time budget
+    assert info["args"]["amp"] == "bf16"
