@@ -7,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from seq2seq.checkpoint import load_model_dir
 from seq2seq.decoding import DecodeParams, source_length_cap
 from seq2seq.generation import GenerationRequest, generate
@@ -139,3 +141,20 @@ async def test_mmi_weight_without_beams_or_backward_model_is_422(app_client: App
         for value in (1.5, -0.1, "0.5", True):
             r = await client.post("/chat", json={"message": "hello", "beam_size": 2, "mmi_weight": value})
             assert r.status_code == 422, value
+
+
+@pytest.mark.parametrize("engine_process", [False, True], ids=["thread", "process"])
+async def test_a_streamed_mmi_reply_is_the_reranked_one_in_a_single_done_event(
+    app_client: AppClient, tiny_store: Path, engine_process: bool
+):
+    """Beams stream no tokens: the SSE stream of an MMI request is its done event, with the
+    reranked reply, from an engine on a thread and from one in a process of its own."""
+    expected = offline_replies(tiny_store, 0.9)[0]
+    async with app_client(model_store=tiny_store, engine_process=engine_process) as (client, _):
+        body = {"message": MESSAGES[0], "model": "chat-en", "beam_size": 4, "mmi_weight": 0.9, "stream": True}
+        async with client.stream("POST", "/chat", json=body) as s:
+            assert s.status_code == 200
+            raw = (await s.aread()).decode()
+    events = [block for block in raw.split("\n\n") if block.strip()]
+    assert len(events) == 1 and events[0].startswith("event: done\n")
+    assert json.loads(events[0].split("\n")[1].removeprefix("data: "))["reply"] == expected
