@@ -56,10 +56,12 @@ def length_report(
     pairs: list[Pair],
     params: DecodeParams,
     end_mark: str | None = None,
+    backward: Seq2Seq | None = None,
 ) -> dict[str, Any]:
-    """BLEU, chrF, cap hits and short outputs of ``pairs`` decoded with ``params``."""
+    """BLEU, chrF, cap hits and short outputs of ``pairs`` decoded with ``params`` (beams reranked
+    by ``backward`` when ``params.mmi_weight`` is set)."""
     sources = [s for s, _ in pairs]
-    hyps = decode_all(model, src_tok, sources, params, end_mark=end_mark)
+    hyps = decode_all(model, src_tok, sources, params, end_mark=end_mark, backward=backward)
     outputs = [tgt_tok.decode(h.tokens) for h in hyps]
     scores = bleu_scores(outputs, [t for _, t in pairs])
     short = [i for i, (s, o) in enumerate(zip(sources, outputs, strict=True)) if len(o.split()) < len(s.split()) / 2]
@@ -100,6 +102,8 @@ def robustness(model_dir: Path, sizes: tuple[int, ...] = SIZES) -> dict[str, Any
     corpus = load_corpus(**corpus_of_model(loaded.manifest))
     tuned = loaded.manifest.get("decoding") or {}
     beam = {"beam_size": tuned.get("beam_size", 5), "length_penalty": tuned.get("length_penalty", 1.0)}
+    if loaded.backward is not None:  # beams as the server decodes them: reranked
+        beam["mmi_weight"] = tuned.get("mmi_weight", 0.0)
     ending = sum(ends_sentence(s) for s, _ in corpus.train) / max(1, len(corpus.train))
     mark = "." if ending >= END_MARK_SHARE else None
     result: dict[str, Any] = {"sizes": [0, *sizes], "beam": beam, "train_sources_ending_a_sentence": ending}
@@ -115,7 +119,13 @@ def robustness(model_dir: Path, sizes: tuple[int, ...] = SIZES) -> dict[str, Any
             for strategy, extra in (("greedy", {}), ("beam", beam)):
                 params = DecodeParams(no_repeat_ngram_size=n, **extra)
                 report = length_report(
-                    loaded.model, loaded.source_tokenizer, loaded.target_tokenizer, pairs, params, end_mark
+                    loaded.model,
+                    loaded.source_tokenizer,
+                    loaded.target_tokenizer,
+                    pairs,
+                    params,
+                    end_mark,
+                    loaded.backward,
                 )
                 by_setting[key][strategy] = report
                 log.info(
