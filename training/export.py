@@ -20,6 +20,7 @@ from typing import Any
 from seq2seq.checkpoint import load_model_dir, save_model_dir
 from training.evaluate import load_run
 from training.recipes import RECIPES, RUNS_DIR
+from training.train import UNRECORDED_ARGS
 
 MODEL_STORE = Path(__file__).resolve().parents[1] / "model_store"
 
@@ -84,11 +85,7 @@ def build_manifest(name: str, version: str, run_dir: Path, identity: Identity) -
             "data": info["provenance"],
             "data_sizes": info["data_sizes"],
             "recipe": identity.command,
-            "hyperparameters": {
-                k: v
-                for k, v in info["args"].items()
-                if v is not None and k not in ("run_dir", "data_dir", "tokenizers_from", "time_budget", "threads")
-            },
+            "hyperparameters": {k: v for k, v in info["args"].items() if v is not None and k not in UNRECORDED_ARGS},
             "epochs": state["epoch"],
             "best_epoch": shipped_epoch(state, selection),  # the epoch whose weights are in the model dir
             "best_val_loss": round(state["best_val_loss"], 4),

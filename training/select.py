@@ -95,14 +95,15 @@ def select(run_dir: Path, average: int = 5, backward_dir: Path | None = None) ->
     }
     if backward_dir is not None:
         backward = load_run(backward_dir)[0]
-        mmi = {}
+        mmi, settings = {}, {}
         for beams, weight in itertools.product(MMI_BEAM_SIZES, MMI_WEIGHTS):
             params = DecodeParams(beam_size=beams, length_penalty=alpha, mmi_weight=weight)
-            mmi[f"beam {beams}, weight {weight}"] = bleu = val_bleu(selected, pairs, params, backward)
-            log.info("beam %d, MMI weight %.1f: val BLEU %.2f", beams, weight, bleu)
-        beams, weight = (float(x.split()[-1]) for x in max(mmi, key=mmi.__getitem__).split(", "))
-        if mmi[f"beam {int(beams)}, weight {weight}"] > grid[best]:  # else reranking does not help on val
-            decoding.update(beam_size=int(beams), mmi_weight=weight)
+            key = f"beam {beams}, weight {weight}"
+            mmi[key], settings[key] = val_bleu(selected, pairs, params, backward), (beams, weight)
+            log.info("beam %d, MMI weight %.1f: val BLEU %.2f", beams, weight, mmi[key])
+        best_mmi = max(mmi, key=mmi.__getitem__)
+        if mmi[best_mmi] > grid[best]:  # else reranking does not help on val
+            decoding.update(beam_size=settings[best_mmi][0], mmi_weight=settings[best_mmi][1])
         else:
             decoding["mmi_weight"] = 0.0
         result.update(mmi_grid=mmi, backward=str(backward_dir.resolve()))

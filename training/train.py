@@ -137,7 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-UNRECORDED_ARGS = ("run_dir", "data_dir", "tokenizers_from", "time_budget", "threads")  # how a run is driven
+# How a run is driven, not what it trains: left out of a resume's changes and of the manifest.
+UNRECORDED_ARGS = ("run_dir", "data_dir", "tokenizers_from", "time_budget", "threads")
 FILE_ARGS = tuple(f"{split}{suffix}" for split in ("train", "val", "test") for suffix in ("", "_src", "_tgt"))
 
 
@@ -243,7 +244,7 @@ class Trainer:
     # -- persistence -------------------------------------------------------------------
     def save_run_info(self) -> None:
         info = {
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
+            "args": self.recorded_args(),
             "model": self.config.to_dict(),
             "parameters": self.model.num_parameters(),
             "provenance": self.corpus.provenance,
@@ -253,12 +254,16 @@ class Trainer:
         }
         (self.run_dir / "run.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
 
+    def recorded_args(self) -> dict[str, Any]:
+        """The command-line options as ``run.json`` keeps them (paths as strings)."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()}
+
     def note_resume(self) -> None:
         """Record in ``run.json`` the options a resumed run was started with that differ from its
         first start's (``--amp bf16`` from some epoch on, say), so its provenance stays true."""
         path = self.run_dir / "run.json"
         info = json.loads(path.read_text())
-        now = {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()}
+        now = self.recorded_args()
         changed = {k: v for k, v in now.items() if k not in UNRECORDED_ARGS and info["args"].get(k) != v}
         if changed:
             log.info("resumed with other options than the run began with: %s", changed)
