@@ -29,7 +29,7 @@ from typing import Protocol
 
 import torch
 
-from seq2seq.config import BOS_ID, EOS_ID, PAD_ID
+from seq2seq.config import BOS_ID, EOS_ID
 from seq2seq.decoding import (
     DecodeParams,
     FinishReason,
@@ -42,7 +42,7 @@ from seq2seq.decoding import (
     length_penalty,
     sample,
 )
-from seq2seq.model import Seq2Seq
+from seq2seq.model import Seq2Seq, pad
 from seq2seq.rerank import backward_scores, mmi_order
 from seq2seq.state import DecoderState
 
@@ -179,8 +179,7 @@ class GenerationBatch:
         Reads the model and nothing of the running batch, so it may run on another thread
         while :meth:`step` runs: the engine encodes arrivals beside the decoding batch.
         """
-        width = max(len(r.src_ids) for r in requests)
-        src = torch.tensor([[*r.src_ids, *[PAD_ID] * (width - len(r.src_ids))] for r in requests], dtype=torch.long)
+        src = pad([r.src_ids for r in requests])
         lengths = torch.tensor([len(r.src_ids) for r in requests])
         if self.device.type == "cuda":
             src = src.pin_memory()  # lets the copy below overlap with queued GPU work

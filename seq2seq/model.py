@@ -21,13 +21,27 @@ uses ``encode`` once per request and ``decode_step`` over any set of rows; the s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from seq2seq.config import PAD_ID, ModelConfig
+from seq2seq.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig
 from seq2seq.state import DecoderState
+
+
+def pad(rows: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Rows of piece ids as one ``(B, T)`` tensor, right-padded with ``PAD_ID``: the layout of
+    ``src`` and of the targets. One nested list becomes one tensor, with no per-row copies."""
+    width = max(len(r) for r in rows)
+    return torch.tensor([[*r, *[PAD_ID] * (width - len(r))] for r in rows], dtype=torch.long)
+
+
+def teacher_forcing(targets: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's inputs and expected outputs for ``targets``: ``SOS y`` and ``y EOS``."""
+    return pad([[BOS_ID, *t] for t in targets]), pad([[*t, EOS_ID] for t in targets])
 
 
 class Encoder(nn.Module):

@@ -20,16 +20,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from seq2seq.config import BOS_ID, EOS_ID, PAD_ID
-from seq2seq.model import Seq2Seq
-
-
-def _pad(rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return out.to(device)
+from seq2seq.config import PAD_ID
+from seq2seq.model import Seq2Seq, pad, teacher_forcing
 
 
 @torch.inference_mode()
@@ -42,9 +34,8 @@ def sequence_logprobs(
     """
     device = next(model.parameters()).device
     lengths = torch.tensor([len(s) for s in sources])
-    tgt_in = _pad([[BOS_ID, *t] for t in targets], device)
-    tgt_out = _pad([[*t, EOS_ID] for t in targets], device)
-    logits = model(_pad(sources, device), lengths, tgt_in).float()  # (B, T, V)
+    tgt_in, tgt_out = (t.to(device) for t in teacher_forcing(targets))
+    logits = model(pad(sources).to(device), lengths, tgt_in).float()  # (B, T, V)
     token_logprobs = -F.cross_entropy(logits.transpose(1, 2), tgt_out, ignore_index=PAD_ID, reduction="none")
     return token_logprobs.sum(dim=1).tolist()
 

@@ -85,6 +85,19 @@ class ModelEntry:
     def ready(self) -> bool:
         return self.status is ModelStatus.READY
 
+    @property
+    def mmi_reranking(self) -> bool:
+        """It ships a backward model p(input | output), so its beams can be reranked (``mmi_weight``)."""
+        return "backward" in self.manifest
+
+    @property
+    def decoding(self) -> dict[str, Any]:
+        """Its decoding defaults (its manifest's, chosen on val), less those it cannot apply."""
+        decoding = dict(self.manifest.get("decoding") or {})
+        if not self.mmi_reranking:
+            decoding.pop("mmi_weight", None)
+        return decoding
+
     def beam_bleu(self) -> float:
         evaluation = self.manifest.get("evaluation") or {}
         return float((evaluation.get("beam") or {}).get("bleu", 0.0))

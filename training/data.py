@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from seq2seq.config import BOS_ID, EOS_ID, PAD_ID
+from seq2seq.model import pad, teacher_forcing
 from seq2seq.tokenizer import Tokenizer
 
 Pair = tuple[str, str]
@@ -217,22 +217,15 @@ def encode_pairs(
     return out
 
 
-def pad(seqs: list[list[int]]) -> torch.Tensor:
-    width = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out
-
-
 def make_batch(examples: list[tuple[list[int], list[int]]]) -> Batch:
     src = [s for s, _ in examples]
     tgt = [t for _, t in examples]
+    tgt_in, tgt_out = teacher_forcing(tgt)
     return Batch(
         src=pad(src),
         src_lengths=torch.tensor([len(s) for s in src]),
-        tgt_in=pad([[BOS_ID, *t] for t in tgt]),
-        tgt_out=pad([[*t, EOS_ID] for t in tgt]),
+        tgt_in=tgt_in,
+        tgt_out=tgt_out,
         n_tokens=sum(len(t) + 1 for t in tgt),
     )
 

@@ -78,7 +78,7 @@ def check_attention(entry: ModelEntry) -> None:
 
 def check_reranking(entry: ModelEntry, options: DecodingOptions) -> None:
     """``mmi_weight`` reranks with a backward model, which only some models ship."""
-    if options.mmi_weight and "backward" not in entry.manifest:
+    if options.mmi_weight and not entry.mmi_reranking:
         raise InvalidRequest(
             f"mmi_weight needs a model that ships a backward model p(input | output); {entry.name} has none",
             details={"model": entry.name},
@@ -144,9 +144,7 @@ def prepare(
     tokenizer = engine.info.source_tokenizer
     timeout_s = options.timeout or settings.request_timeout_s
     end_mark = (entry.manifest.get("preprocessing") or {}).get("end_mark")
-    model_decoding = dict(entry.manifest.get("decoding") or {})
-    if "backward" not in entry.manifest:  # a default that nothing could apply
-        model_decoding.pop("mmi_weight", None)
+    model_decoding = entry.decoding
     requests = []
     for text, field in zip(texts, fields, strict=True):
         ids = tokenizer.encode(end_sentence(check_text(text, field, settings), end_mark))

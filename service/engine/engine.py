@@ -22,11 +22,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-
 from seq2seq.state import DecoderState
 from service.engine.messages import Abort, Command, Died, Outputs, Stop, Submit
-from service.engine.request import Output, Request, RequestFailed, RequestStatus, Timings
+from service.engine.request import Output, Request, RequestFailed, Timings
 from service.engine.scheduler import Policy, QueueFull, Scheduler
 from service.errors import EngineUnavailable, InternalError, Overloaded, ServiceError
 
@@ -165,7 +163,7 @@ class Engine:
             plan = self.scheduler.schedule(time.monotonic(), admit=self._encoding is None)
         outputs = self._retire(plan.left)
         if plan.admit:
-            self._encode(plan.admit)
+            outputs += self._encode(plan.admit)
         outputs += self._join_encoded()
         if len(self.batch):
             outputs += self._decode()
@@ -182,17 +180,12 @@ class Engine:
         self.batch.remove({r.id for r in requests})
         return [RequestFailed(r.id, r.error) for r in requests if r.error is not None]
 
-    def _encode(self, group: list[Request]) -> None:
+    def _encode(self, group: list[Request]) -> list[Output]:
         """Encode an admitted group: on the encoder thread beside a running batch, else here and now."""
         if self._encoder is not None and len(self.batch):
-            future = self._encoder.submit(self._timed_encode, group)
-        else:
-            future = Future()
-            try:
-                future.set_result(self._timed_encode(group))
-            except Exception as exc:
-                future.set_exception(exc)
-        self._encoding = _Encoding(group, future)
+            self._encoding = _Encoding(group, self._encoder.submit(self._timed_encode, group))
+            return []
+        return self._join(group, self._timed_encode)
 
     def _join_encoded(self) -> list[Output]:
         """Join the group from the encoder thread once it is encoded; wait for it only when
@@ -201,28 +194,24 @@ class Engine:
         if encoding is None or (len(self.batch) and not encoding.future.done()):
             return []
         self._encoding = None
-        group = encoding.requests
+        return self._join(encoding.requests, lambda _: encoding.future.result())
+
+    def _join(self, group: list[Request], encode: Callable[[list[Request]], DecoderState]) -> list[Output]:
+        """Add the rows of ``group``, as ``encode`` gives them, to the batch; those of requests
+        that left meanwhile go again at once. A failed encoding fails the group alone."""
         try:
-            state = encoding.future.result()
+            state = encode(group)
         except Exception as exc:
             log.error("engine %s: encoding failed", self.name, exc_info=exc)
             with self._cv:
                 self.scheduler.stats.errors += 1
                 failed = self.scheduler.fail(group, InternalError(f"encoding failed: {exc}"))
             return self._retire(failed)
-        live = [r for r in group if r.status is RequestStatus.ENCODING]  # not those that left meanwhile
-        if len(live) < len(group):
-            if not live:
-                return []
-            rows, offset = [], 0
-            for r in group:
-                if r.status is RequestStatus.ENCODING:
-                    rows.extend(range(offset, offset + r.rows))
-                offset += r.rows
-            state = state.select(torch.tensor(rows, device=self.model.device))
-        self.batch.join(live, state)
+        self.batch.join(group, state)
         with self._cv:
-            self.scheduler.joined(live)
+            left = self.scheduler.joined(group)
+        if left:
+            self.batch.remove({r.id for r in left})
         return []
 
     def _timed_encode(self, group: list[Request]) -> DecoderState:

@@ -167,9 +167,16 @@ class Scheduler:
                 self.tokens += r.budget_tokens
         return plan
 
-    def joined(self, requests: Iterable[Request]) -> None:
+    def joined(self, requests: Iterable[Request]) -> list[Request]:
+        """These encoded requests are in the batch now; returns those that left while they were
+        encoding, whose rows go again."""
+        left = []
         for r in requests:
-            r.status = RequestStatus.RUNNING
+            if r.status is RequestStatus.ENCODING:
+                r.status = RequestStatus.RUNNING
+            else:
+                left.append(r)
+        return left
 
     def update(self, events: list[StepEvent], now: float) -> list[Output]:
         """Advance the running requests by one step's events; returns what goes out: every

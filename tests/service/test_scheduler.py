@@ -165,6 +165,17 @@ def test_aborts_and_deadlines_leave_wherever_the_request_is() -> None:
     assert s.take_stats().cancelled == 2
 
 
+def test_joined_returns_the_requests_that_left_while_encoding() -> None:
+    s = Scheduler("continuous", max_rows=8, max_tokens=1000, max_queue=10)
+    s.add([req("a"), req("b"), req("c")], 0)
+    group = s.schedule(0).admit
+    s.abort({"b"})
+    assert ids(s.schedule(1).left) == ["b"]  # aborted while its group was encoding
+    assert ids(s.joined(group)) == ["b"]  # its rows go again as soon as they joined
+    assert [r.status for r in group] == [RequestStatus.RUNNING, RequestStatus.ABORTED, RequestStatus.RUNNING]
+    assert ids(s.in_batch()) == ["a", "c"]
+
+
 def test_fail_ends_live_requests_once() -> None:
     s = Scheduler("continuous", max_rows=8, max_tokens=1000, max_queue=10)
     s.add([req("a"), req("b")], 0)
