@@ -59,8 +59,8 @@ from bench.report import LevelStats, ModeResult
 from bench.server import ServerProcess
 from seq2seq.checkpoint import read_manifest
 from seq2seq.config import ModelConfig
+from seq2seq.device_model import resolve_device, resolve_dtype
 from seq2seq.optimize import DTYPES, QUANTIZATIONS, dtype_fits
-from service.engine.loader import resolve_device, resolve_dtype
 from service.settings import Settings
 
 log = logging.getLogger("bench")

@@ -30,10 +30,11 @@ from bench.bare import server_requests
 from bench.loadgen import load_sentences, shuffled
 from bench.mfu import decoder_flops, matmul_peak_gflops
 from bench.run import DEFAULT_INPUTS, REPO, model_dir
+from seq2seq.device_model import DeviceModel
 from seq2seq.generation import GenerationBatch, GenerationRequest
 from seq2seq.optimize import DTYPES, QUANTIZATIONS, Quantization
 from seq2seq.state import DecoderState
-from service.engine.loader import DeviceModel, load_served_model
+from service.engine.loader import load_served_model
 from service.settings import Settings
 
 GROUP = 8  # rows admitted at a time when the batch refills

@@ -20,16 +20,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from seq2seq.device_model import DeviceModel
 from seq2seq.state import DecoderState
 from service.engine.messages import Abort, Command, Died, Outputs, Stop, Submit
 from service.engine.request import Output, Request, RequestFailed, Timings
 from service.engine.scheduler import Policy, QueueFull, Scheduler
 from service.errors import EngineUnavailable, InternalError, Overloaded, ServiceError
-
-if TYPE_CHECKING:
-    from service.engine.loader import DeviceModel
 
 log = logging.getLogger("service.engine")
 

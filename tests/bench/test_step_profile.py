@@ -9,7 +9,7 @@ import pytest
 
 from bench import step_profile
 from bench.bare import server_requests
-from service.engine.loader import load_model
+from seq2seq.device_model import load_model
 from tests.tiny_models import _sentences, make_tiny_store
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from seq2seq.decoding import DecodeParams, FinishReason
+from seq2seq.device_model import load_model
 from seq2seq.generation import Hypothesis, StepEvent
 from service.engine.client import EngineClient, LocalEngine, RequestStream
 from service.engine.engine import Engine
-from service.engine.loader import load_model
 from service.engine.messages import Abort, Command, EngineStats, Outputs
 from service.engine.request import Request, RequestFailed
 from service.errors import DeadlineExceeded, EngineUnavailable

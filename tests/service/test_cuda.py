@@ -10,8 +10,8 @@ import torch
 
 from seq2seq.cuda_graphs import GraphedDecodeStep
 from seq2seq.decoding import DecodeParams
+from seq2seq.device_model import load_model
 from seq2seq.generation import GenerationBatch, GenerationRequest
-from service.engine.loader import load_model
 
 pytestmark = [
     pytest.mark.cuda,
