@@ -154,11 +154,15 @@ class EngineProcess(EngineClient):
         except (EOFError, OSError):
             process.join(5)
             message = LoadFailed(f"the engine process of {name} exited with code {process.exitcode} while loading")
-        if not isinstance(message, Loaded):
+
+        def abandon() -> None:
             process.kill()
             process.join(5)
             commands.close()
             reports.close()
+
+        if not isinstance(message, Loaded):
+            abandon()
             raise RuntimeError(message.error if isinstance(message, LoadFailed) else f"unexpected {message!r}")
         info = EngineInfo(
             tokenizers["source"], tokenizers["target"], path.name, message.device, message.dtype, message.quantization
@@ -167,10 +171,7 @@ class EngineProcess(EngineClient):
         try:
             asyncio.run_coroutine_threadsafe(client._connect(commands, reports), loop).result()
         except BaseException:  # the event loop is gone (the server stops): so is the process
-            process.kill()
-            process.join(5)
-            commands.close()
-            reports.close()
+            abandon()
             raise
         return client
 
