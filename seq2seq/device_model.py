@@ -1,8 +1,7 @@
-"""A checkpoint in the form a server runs it: on its device, in its dtype, optimised for
-inference, with the decoder step its batches call (replayed from CUDA graphs on a GPU).
+"""Loading a model directory for inference: :func:`load_model` gives a :class:`DeviceModel`.
 
-The engine builds its batches from a :class:`DeviceModel`; the benchmark's step profile and
-the tests load one the same way.
+The engine builds its batches from one; the benchmark's step profile and the tests load one
+the same way, so all of them run the form the server runs.
 """
 
 from __future__ import annotations
