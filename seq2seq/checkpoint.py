@@ -190,6 +190,15 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def decoding_defaults(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest's decoding defaults (chosen on val), less ``mmi_weight`` for a model that
+    ships no backward model to rerank with: what the server and every evaluation apply."""
+    decoding = dict(manifest.get("decoding") or {})
+    if "backward" not in manifest:
+        decoding.pop("mmi_weight", None)
+    return decoding
+
+
 def verify_files(model_dir: Path, manifest: Mapping[str, Any]) -> None:
     files: Mapping[str, str] = manifest["files"]
     needed = {WEIGHTS, *manifest["tokenizer"].values(), *([BACKWARD_WEIGHTS] if "backward" in manifest else [])}

@@ -26,7 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from seq2seq.checkpoint import CheckpointError, read_manifest, store_versions, version_key
+from seq2seq.checkpoint import CheckpointError, decoding_defaults, read_manifest, store_versions, version_key
 from service.engine.client import EngineClient
 from service.errors import Conflict, EngineUnavailable, InvalidRequest, ModelLoadFailed, ModelNotFound
 
@@ -93,10 +93,7 @@ class ModelEntry:
     @property
     def decoding(self) -> dict[str, Any]:
         """Its decoding defaults (its manifest's, chosen on val), less those it cannot apply."""
-        decoding = dict(self.manifest.get("decoding") or {})
-        if not self.mmi_reranking:
-            decoding.pop("mmi_weight", None)
-        return decoding
+        return decoding_defaults(self.manifest)
 
     def beam_bleu(self) -> float:
         evaluation = self.manifest.get("evaluation") or {}

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from seq2seq.checkpoint import load_model_dir, update_manifest
+from seq2seq.checkpoint import decoding_defaults, load_model_dir, update_manifest
 from seq2seq.decoding import DecodeParams
 from training.data import Pair, load_corpus
 from training.evaluate import corpus_of_model
@@ -87,7 +87,7 @@ def chat_eval(model_dir: Path) -> dict[str, Any]:
     corpus = load_corpus(**corpus_of_model(loaded.manifest))
     questions, references = [q for q, _ in corpus.test], [a for _, a in corpus.test]
     training_answers = {a for _, a in corpus.train}
-    tuned = loaded.manifest.get("decoding") or {}
+    tuned = decoding_defaults(loaded.manifest)
     beam = DecodeParams(
         min_length=1,
         beam_size=tuned.get("beam_size", 5),

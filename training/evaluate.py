@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from seq2seq.checkpoint import load_model_dir, load_weights, update_manifest
+from seq2seq.checkpoint import decoding_defaults, load_model_dir, load_weights, update_manifest
 from seq2seq.config import ModelConfig
 from seq2seq.decoding import DecodeParams
 from seq2seq.model import Seq2Seq
@@ -186,14 +186,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         loaded = load_model_dir(args.model_dir)
         model, src_tok, tgt_tok = loaded.model, loaded.source_tokenizer, loaded.target_tokenizer
         corpus = load_corpus(**corpus_of_model(loaded.manifest, args.corpus, args.src, args.tgt))
-        tuned = loaded.manifest.get("decoding") or {}
+        tuned = decoding_defaults(loaded.manifest)
         backward = loaded.backward
     model = optimize_for_inference(model.to(getattr(torch, args.dtype)), args.quantize)  # the form the service runs
     beam_size = args.beam_size or tuned.get("beam_size", 5)
     alpha = args.length_penalty if args.length_penalty is not None else tuned.get("length_penalty", 1.0)
     if backward is not None:  # as the service loads it: in the dtype, neither fused nor quantised
         backward = backward.to(getattr(torch, args.dtype))
-    mmi = tuned.get("mmi_weight", 0.0) if backward is not None else 0.0
+    mmi = tuned.get("mmi_weight", 0.0)  # a selection or a manifest has one only beside a backward model
     result = evaluate(model, src_tok, tgt_tok, corpus.test, beam_size, alpha, mmi_weight=mmi, backward=backward)
     result["dtype"], result["quantize"] = args.dtype, args.quantize
     result["test_set"] = (

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from seq2seq.checkpoint import load_model_dir, read_manifest, update_manifest
+from seq2seq.checkpoint import decoding_defaults, load_model_dir, read_manifest, update_manifest
 from seq2seq.decoding import DecodeParams, FinishReason
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import Tokenizer, ends_sentence
@@ -100,10 +100,10 @@ def choose(val: dict[str, dict[str, dict[str, Any]]]) -> int:
 def robustness(model_dir: Path, sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
     loaded = load_model_dir(model_dir)
     corpus = load_corpus(**corpus_of_model(loaded.manifest))
-    tuned = loaded.manifest.get("decoding") or {}
+    tuned = decoding_defaults(loaded.manifest)
     beam = {"beam_size": tuned.get("beam_size", 5), "length_penalty": tuned.get("length_penalty", 1.0)}
-    if loaded.backward is not None:  # beams as the server decodes them: reranked
-        beam["mmi_weight"] = tuned.get("mmi_weight", 0.0)
+    if "mmi_weight" in tuned:  # beams as the server decodes them: reranked
+        beam["mmi_weight"] = tuned["mmi_weight"]
     ending = sum(ends_sentence(s) for s, _ in corpus.train) / max(1, len(corpus.train))
     mark = "." if ending >= END_MARK_SHARE else None
     result: dict[str, Any] = {"sizes": [0, *sizes], "beam": beam, "train_sources_ending_a_sentence": ending}

@@ -17,6 +17,7 @@ from seq2seq.checkpoint import (
     MANIFEST,
     WEIGHTS,
     CheckpointError,
+    decoding_defaults,
     load_model_dir,
     save_model_dir,
     sha256_file,
@@ -289,3 +290,22 @@ def test_a_backward_model_that_does_not_fit_the_tokenizers_or_its_file(
     edit_manifest(out, lambda m: m["files"].pop(BACKWARD_WEIGHTS))
     with pytest.raises(CheckpointError, match=f"no checksum for {BACKWARD_WEIGHTS}"):
         load_model_dir(out)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "expected"),
+    [
+        ({}, {}),
+        ({"decoding": None}, {}),
+        ({"decoding": {"beam_size": 8, "mmi_weight": 0.6}}, {"beam_size": 8}),  # nothing to rerank with
+        (
+            {"decoding": {"beam_size": 8, "mmi_weight": 0.6}, "backward": {"file": "backward.safetensors"}},
+            {"beam_size": 8, "mmi_weight": 0.6},
+        ),
+    ],
+)
+def test_decoding_defaults_drop_reranking_without_a_backward_model(
+    manifest: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    assert decoding_defaults(manifest) == expected
+    assert decoding_defaults(manifest) is not manifest.get("decoding")  # a copy: callers may change it
