@@ -51,7 +51,10 @@ class DeviceModel:
         return str(self.dtype).removeprefix("torch.")
 
     def new_batch(self) -> GenerationBatch:
-        return GenerationBatch(self.loaded.model, self.device, self.decode_step, self.loaded.backward)
+        loaded = self.loaded
+        return GenerationBatch(
+            loaded.model, self.device, self.decode_step, loaded.backward, loaded.target_tokenizer.blank_ids
+        )
 
     def warmup(self) -> None:
         """Run greedy and beam decoding once so the first real request pays no start-up cost."""

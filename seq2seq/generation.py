@@ -37,7 +37,7 @@ from seq2seq.decoding import (
     beam_candidates,
     block_repeated_ngrams,
     filter_logits,
-    forbid_eos,
+    forbid,
     greedy,
     length_penalty,
     sample,
@@ -106,6 +106,7 @@ class _Sequence:
     generator: torch.Generator | None = None
     finished: list[Hypothesis] = field(default_factory=list)
     attention: list[list[torch.Tensor]] | None = None  # per live row: each step's weights (S,), when asked
+    long_enough: bool = False  # every row shows min_length tokens: so will every row it grows into
 
     def steps(self, row: int) -> list[torch.Tensor] | None:
         """The attention weights of live row ``row`` so far, when the request asked for them."""
@@ -133,10 +134,27 @@ class _Sequence:
             generator,
             list(self.finished),
             attention,
+            self.long_enough,
         )
 
 
 DecodeStep = Callable[[torch.Tensor, DecoderState], tuple[torch.Tensor, DecoderState]]
+
+
+def shows_fewer(history: Sequence[int], min_length: int, blank_ids: frozenset[int]) -> bool:
+    """Whether fewer than ``min_length`` of the tokens in ``history`` show text: until then a row
+    may not end, so a reply of ``min_length`` 1 is never empty (nor a lone "▁")."""
+    if len(history) < min_length:
+        return True
+    if not blank_ids or min_length <= 0:
+        return False
+    shown = 0
+    for token in history:  # stops at the min_length-th token that shows text: the first, mostly
+        if token not in blank_ids:
+            shown += 1
+            if shown >= min_length:
+                return False
+    return True
 
 
 class GenerationBatch:
@@ -146,14 +164,17 @@ class GenerationBatch:
         device: torch.device | str = "cpu",
         decode_step: DecodeStep | None = None,
         backward: Seq2Seq | None = None,
+        blank_ids: frozenset[int] = frozenset(),
     ) -> None:
         """``decode_step``: how a step runs, ``model.decode_step`` by default (see :mod:`seq2seq.cuda_graphs`);
         ``backward``: the model p(source | output) that reranks beams of requests with ``mmi_weight``
-        (see :mod:`seq2seq.rerank`)."""
+        (see :mod:`seq2seq.rerank`); ``blank_ids``: target pieces that show no text on their own
+        (:attr:`~seq2seq.tokenizer.Tokenizer.blank_ids`), which ``min_length`` does not count."""
         self.model = model
         self.device = torch.device(device)
         self.decode_step = decode_step or model.decode_step
         self.backward = backward
+        self.blank_ids = blank_ids
         self.state: DecoderState | None = None
         self.last_tokens = torch.empty(0, dtype=torch.long, device=self.device)  # (B,)
         self.active: list[_Sequence] = []
@@ -282,9 +303,8 @@ class GenerationBatch:
             state = replace(state, attention=None)  # the batch keeps only the rows asked for
         # 2. per-row constraints and token choice
         row_seqs = [seq for seq in self.active for _ in range(seq.rows)]
-        if any(seq.length < seq.request.params.min_length for seq in self.active):
-            no_eos = [seq.length < seq.request.params.min_length for seq in row_seqs]
-            logprobs = forbid_eos(logprobs, torch.tensor(no_eos, device=self.device))
+        if any(seq.request.params.min_length and not seq.long_enough for seq in self.active):
+            logprobs = self._forbid_short_ends(logprobs)
         if any(seq.request.params.no_repeat_ngram_size for seq in self.active):
             histories = [h for seq in self.active for h in seq.histories]
             sizes = [seq.request.params.no_repeat_ngram_size for seq in row_seqs]
@@ -331,13 +351,36 @@ class GenerationBatch:
         for seq in self.active:
             rows = torch.arange(offset, offset + seq.rows, device=self.device)
             offset += seq.rows
-            trial = GenerationBatch(self.model, self.device, self.decode_step, self.backward)
+            trial = GenerationBatch(self.model, self.device, self.decode_step, self.backward, self.blank_ids)
             trial.state, trial.last_tokens, trial.active = self.state.select(rows), self.last_tokens[rows], [seq.copy()]
             try:
                 trial.step()
             except Exception:  # noqa: BLE001 - whatever it is, it is this request's
                 found.append(seq.request.id)
         return found
+
+    def _forbid_short_ends(self, logprobs: torch.Tensor) -> torch.Tensor:
+        """``min_length``: no EOS on rows that show fewer tokens (pieces with text) than it asks,
+        and on a row that shows nothing yet after a blank piece (a lone "▁"), none other: so a
+        reply of ``min_length`` 1 is never empty, whatever the model favours."""
+        blank = self.blank_ids
+        short: list[bool] = []
+        stuck: list[bool] = []
+        for seq in self.active:
+            params = seq.request.params
+            if seq.long_enough or not params.min_length:
+                short += [False] * seq.rows
+                stuck += [False] * seq.rows
+                continue
+            for history in seq.histories:
+                short.append(shows_fewer(history, params.min_length, blank))
+                nothing = all(t in blank for t in history)
+                stuck.append(bool(blank) and nothing and (bool(history) or params.max_length == 1))
+            seq.long_enough = not any(short[-seq.rows :])
+        logprobs = forbid(logprobs, torch.tensor(short, device=self.device))
+        if any(stuck):
+            logprobs = forbid(logprobs, torch.tensor(stuck, device=self.device), sorted(blank))
+        return logprobs
 
     def _beam_candidates(self, logprobs: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """The best ``2 * beam_size`` extensions of each beam request, by the offset of its first row."""
@@ -493,15 +536,16 @@ def generate(
     device: torch.device | str = "cpu",
     on_event: Callable[[StepEvent], None] | None = None,
     backward: Seq2Seq | None = None,
+    blank_ids: frozenset[int] = frozenset(),
 ) -> dict[str, list[Hypothesis]]:
     """Decode ``requests`` offline with continuous batching; returns hypotheses by request id.
 
     Requests are admitted longest-source-first whenever rows are free, so the batch
     stays full until the queue is empty (used by evaluation and tests). ``backward``: the
-    model that reranks requests with ``mmi_weight``.
+    model that reranks requests with ``mmi_weight``; ``blank_ids``: as for :class:`GenerationBatch`.
     """
     pending = deque(sorted(requests, key=lambda r: len(r.src_ids), reverse=True))
-    batch = GenerationBatch(model, device, backward=backward)
+    batch = GenerationBatch(model, device, backward=backward, blank_ids=blank_ids)
     results: dict[str, list[Hypothesis]] = {}
     with torch.inference_mode():
         while pending or batch.active:

@@ -7,6 +7,7 @@ with a tokenizer whose ids mean something else.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterable
 from pathlib import Path
@@ -116,6 +117,12 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.DecodeIds([i for i in ids if i > EOS_ID])
+
+    @functools.cached_property
+    def blank_ids(self) -> frozenset[int]:
+        """Pieces that show no text on their own (the lone word start "▁", the special pieces but
+        EOS): an output of only these decodes to an empty string."""
+        return frozenset(i for i in range(self.vocab_size) if i != EOS_ID and not self.decode([i]).strip())
 
     def pieces(self, ids: Iterable[int]) -> list[str]:
         """Each id's piece as the vocabulary spells it ("▁" starts a word)."""

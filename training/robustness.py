@@ -61,7 +61,9 @@ def length_report(
     """BLEU, chrF, cap hits and short outputs of ``pairs`` decoded with ``params`` (beams reranked
     by ``backward`` when ``params.mmi_weight`` is set)."""
     sources = [s for s, _ in pairs]
-    hyps = decode_all(model, src_tok, sources, params, end_mark=end_mark, backward=backward)
+    hyps = decode_all(
+        model, src_tok, sources, params, end_mark=end_mark, backward=backward, blank_ids=tgt_tok.blank_ids
+    )
     outputs = [tgt_tok.decode(h.tokens) for h in hyps]
     scores = bleu_scores(outputs, [t for _, t in pairs])
     short = [i for i, (s, o) in enumerate(zip(sources, outputs, strict=True)) if len(o.split()) < len(s.split()) / 2]

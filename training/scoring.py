@@ -23,17 +23,19 @@ def decode_all(
     max_rows: int = 96,
     end_mark: str | None = None,
     backward: Seq2Seq | None = None,
+    blank_ids: frozenset[int] = frozenset(),
 ) -> list[Hypothesis]:
     """The best hypothesis for each source, as the server decodes it: ``params.max_length`` is
     also capped by the source's length (:func:`~seq2seq.decoding.source_length_cap`),
     ``end_mark`` ends sources that end no sentence (:func:`~seq2seq.tokenizer.end_sentence`), and
-    ``backward`` reranks beams when ``params.mmi_weight`` is set (:mod:`seq2seq.rerank`)."""
+    ``backward`` reranks beams when ``params.mmi_weight`` is set (:mod:`seq2seq.rerank`), and
+    ``min_length`` counts no ``blank_ids`` (the target tokenizer's, as the server's batch does)."""
     requests = []
     for i, source in enumerate(sources):
         ids = src_tok.encode(end_sentence(source, end_mark))
         cap = min(params.max_length, source_length_cap(len(ids)))
         requests.append(GenerationRequest(str(i), ids, dataclasses.replace(params, max_length=cap)))
-    results = generate(model, requests, max_rows=max_rows, backward=backward)
+    results = generate(model, requests, max_rows=max_rows, backward=backward, blank_ids=blank_ids)
     return [results[str(i)][0] for i in range(len(sources))]
 
 
@@ -46,7 +48,7 @@ def translate_all(
     max_rows: int = 96,
     backward: Seq2Seq | None = None,
 ) -> list[str]:
-    hyps = decode_all(model, src_tok, sources, params, max_rows, backward=backward)
+    hyps = decode_all(model, src_tok, sources, params, max_rows, backward=backward, blank_ids=tgt_tok.blank_ids)
     return [tgt_tok.decode(h.tokens) for h in hyps]
 
 

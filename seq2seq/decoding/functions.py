@@ -6,17 +6,19 @@ given, so a seeded request reproduces whatever batch it lands in.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from seq2seq.config import EOS_ID
 
 
-def forbid_eos(logprobs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """logprobs (B, V); rows (B,) bool: EOS impossible on those rows (min_length not reached)."""
+def forbid(logprobs: torch.Tensor, rows: torch.Tensor, tokens: Sequence[int] = (EOS_ID,)) -> torch.Tensor:
+    """logprobs (B, V); rows (B,) bool: ``tokens`` impossible on those rows (EOS: min_length not reached)."""
     if not bool(rows.any()):
         return logprobs
     logprobs = logprobs.clone()
-    logprobs[rows, EOS_ID] = float("-inf")
+    logprobs[rows.nonzero(), torch.tensor(tokens, device=logprobs.device)] = float("-inf")
     return logprobs
 
 

@@ -13,7 +13,7 @@ from seq2seq.decoding import (
     Strategy,
     beam_candidates,
     filter_logits,
-    forbid_eos,
+    forbid,
     greedy,
     length_penalty,
     sample,
@@ -34,7 +34,7 @@ def generators(*seeds: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
-# -- greedy / forbid_eos ----------------------------------------------------------------------
+# -- greedy / forbid -----------------------------------------------------------------------
 
 
 def test_greedy_picks_row_argmax() -> None:
@@ -58,12 +58,19 @@ def test_greedy_takes_the_first_of_tied_maxima_like_torch_in_any_layout() -> Non
 def test_forbid_eos_only_on_given_rows_and_without_mutating() -> None:
     lp = logprobs_of([[0.1, 0.1, 0.1, 0.6, 0.1], [0.1, 0.1, 0.1, 0.6, 0.1]])
     original = lp.clone()
-    out = forbid_eos(lp, torch.tensor([True, False]))
+    out = forbid(lp, torch.tensor([True, False]))
     assert out[0, EOS_ID] == NEG_INF and out[1, EOS_ID] == lp[1, EOS_ID]
     assert torch.equal(out[0, :EOS_ID], lp[0, :EOS_ID]) and torch.equal(out[:, EOS_ID + 1 :], lp[:, EOS_ID + 1 :])
     assert torch.equal(lp, original)
     assert greedy(out).tolist() == [0, EOS_ID]
-    assert forbid_eos(lp, torch.tensor([False, False])) is lp
+    assert forbid(lp, torch.tensor([False, False])) is lp
+
+
+def test_forbid_several_tokens() -> None:
+    lp = logprobs_of([[0.1, 0.1, 0.1, 0.6, 0.1], [0.1, 0.1, 0.1, 0.6, 0.1]])
+    out = forbid(lp, torch.tensor([False, True]), [1, 4])
+    assert torch.equal(out[0], lp[0]) and out[1, 1] == out[1, 4] == NEG_INF
+    assert torch.equal(out[1, [0, 2, 3]], lp[1, [0, 2, 3]])
 
 
 # -- filter_logits ----------------------------------------------------------------------------
@@ -101,7 +108,7 @@ def test_temperature_sharpens_and_flattens() -> None:
 
 
 def test_filter_respects_forbidden_tokens() -> None:
-    lp = forbid_eos(logprobs_of([PROBS]), torch.tensor([True]))
+    lp = forbid(logprobs_of([PROBS]), torch.tensor([True]))
     probs = filter_logits(lp, *rows_params(1, temperature=3.0))
     assert probs[0, EOS_ID] == 0 and math.isclose(probs.sum().item(), 1.0, rel_tol=1e-6)
 

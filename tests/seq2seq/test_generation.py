@@ -11,7 +11,7 @@ import torch
 
 from seq2seq.config import BOS_ID, EOS_ID, ModelConfig
 from seq2seq.decoding import DecodeParams, FinishReason, length_penalty
-from seq2seq.generation import GenerationBatch, GenerationRequest, Hypothesis, StepEvent, generate
+from seq2seq.generation import GenerationBatch, GenerationRequest, Hypothesis, StepEvent, generate, shows_fewer
 from seq2seq.model import Seq2Seq
 from seq2seq.state import DecoderState
 from tests.seq2seq.conftest import CONFIGS, random_ids, random_model
@@ -136,6 +136,30 @@ def test_min_length_blocks_an_eager_eos(beam_size: int) -> None:
     assert len(hyps) == beam_size
     for hyp in hyps:
         assert len(hyp.tokens) == 3 and hyp.finish_reason is FinishReason.EOS
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_min_length_counts_no_blank_tokens(beam_size: int) -> None:
+    """A row of only pieces that show no text (a lone "▁") may not end: a reply of min_length 1 is never empty."""
+    model = random_model(CONFIGS["attention"], eos_bias=50.0)
+    (src,) = make_requests(model.cfg, [4], [DecodeParams()])
+    params = DecodeParams(min_length=1, max_length=10, beam_size=beam_size, n_best=beam_size)
+    eager = generate(model, [GenerationRequest("a", src.src_ids, params)])["a"]
+    assert all(len(h.tokens) == 1 for h in eager)  # one token, then the likeliest EOS
+    blank = frozenset(t for h in eager for t in h.tokens)  # say those show no text
+    hyps = generate(model, [GenerationRequest("b", src.src_ids, params)], blank_ids=blank)["b"]
+    assert len(hyps) == beam_size
+    for hyp in hyps:
+        shown = [i for i, t in enumerate(hyp.tokens) if t not in blank]
+        assert shown == [len(hyp.tokens) - 1] and hyp.finish_reason is FinishReason.EOS  # ends at the first
+
+
+def test_shows_fewer() -> None:
+    blank = frozenset({4})
+    assert shows_fewer([], 1, blank) and shows_fewer([4, 4], 1, blank) and not shows_fewer([4, 7], 1, blank)
+    assert shows_fewer([7, 4, 4], 2, blank) and not shows_fewer([7, 4, 8], 2, blank)
+    assert not shows_fewer([], 0, blank) and not shows_fewer([4], 0, blank)  # no minimum
+    assert shows_fewer([4], 2, frozenset()) and not shows_fewer([4, 4], 2, frozenset())  # nothing blank: the length
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])

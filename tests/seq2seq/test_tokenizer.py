@@ -71,6 +71,15 @@ def test_decode_skips_special_ids(tokenizer: Tokenizer) -> None:
     assert tokenizer.decode([BOS_ID, *ids, EOS_ID, PAD_ID, PAD_ID]) == "the red cat"
 
 
+def test_blank_ids_are_the_pieces_that_show_no_text(tokenizer: Tokenizer) -> None:
+    blank = tokenizer.blank_ids
+    assert EOS_ID not in blank and {PAD_ID, UNK_ID, BOS_ID} <= blank
+    assert tokenizer.pieces([i for i in blank if i > EOS_ID]) == ["▁"]  # the lone word start
+    assert all(tokenizer.decode([i]) == "" for i in blank)
+    shown = [i for i in range(tokenizer.vocab_size) if i not in blank and i != EOS_ID]
+    assert all(tokenizer.decode([i]).strip() for i in shown)
+
+
 def test_load_rejects_other_special_ids(tmp_path: Path) -> None:
     # SentencePiece's defaults are unk=0, bos=1, eos=2, no pad: a model trained elsewhere.
     model = io.BytesIO()

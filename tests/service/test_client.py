@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from seq2seq.config import EOS_ID
 from seq2seq.decoding import DecodeParams, FinishReason
 from seq2seq.device_model import load_model
 from seq2seq.generation import Hypothesis, StepEvent
@@ -115,3 +116,38 @@ async def test_a_stopped_local_engine_fails_what_it_held(tiny_store: Path) -> No
         await asyncio.wait_for(stream.final(), 5)
     with pytest.raises(EngineUnavailable, match="not accepting"):
         client.submit([request("z")])
+
+
+def test_a_served_reply_of_min_length_one_shows_text(tiny_store: Path) -> None:
+    """The served batch counts no piece that shows no text toward ``min_length``: a model whose
+    likeliest reply is a lone "▁" and then EOS still answers with a piece that shows text."""
+    model = load_model(tiny_store / "translate-de-en" / "1", "cpu")
+    tokenizer = model.loaded.target_tokenizer
+    (word_start,) = (i for i in tokenizer.blank_ids if tokenizer.pieces([i]) == ["▁"])
+    finished: list[StepEvent] = []
+    done = threading.Event()
+
+    def sink(message: Outputs) -> None:
+        finished.extend(o for o in message.outputs if isinstance(o, StepEvent) and o.finished is not None)
+        if finished:
+            done.set()
+
+    engine = Engine("m", model, sink, max_rows=8)
+    step = engine.batch.decode_step
+
+    def word_start_then_eos(tokens, state):  # noqa: ANN001, ANN202 - the decode_step hook's own types
+        logprobs, state = step(tokens, state)
+        logprobs = logprobs.clone()
+        logprobs[:, word_start] += 100.0  # "▁" first ...
+        logprobs[tokens == word_start, EOS_ID] += 200.0  # ... and then the end, at once
+        return logprobs, state
+
+    engine.batch.decode_step = word_start_then_eos
+    engine.start()
+    try:
+        engine.submit([Request("r", [5, 6, 7], DecodeParams(min_length=1, max_length=6), 30)])
+        assert done.wait(30)
+    finally:
+        engine.stop()
+    (hypothesis,) = finished[0].finished or []
+    assert hypothesis.tokens[0] == word_start and tokenizer.decode(hypothesis.tokens).strip()

@@ -60,6 +60,8 @@ def test_evaluate_is_deterministic_on_a_model_with_dropout() -> None:
         def decode(self, ids: list[int]) -> str:
             return " ".join(str(i) for i in ids if i > 3)
 
+        blank_ids = frozenset({0, 1, 2})  # the special ids, which decode to nothing
+
     tok = IdTokenizer()
     first = evaluate.evaluate(model, tok, tok, pairs, beam_size=2, max_length=6)  # type: ignore[arg-type]
     second = evaluate.evaluate(model, tok, tok, pairs, beam_size=2, max_length=6)  # type: ignore[arg-type]
