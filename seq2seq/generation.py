@@ -360,9 +360,9 @@ class GenerationBatch:
         return found
 
     def _forbid_short_ends(self, logprobs: torch.Tensor) -> torch.Tensor:
-        """``min_length``: no EOS on rows that show fewer tokens (pieces with text) than it asks,
-        and on a row that shows nothing yet after a blank piece (a lone "▁"), none other: so a
-        reply of ``min_length`` 1 is never empty, whatever the model favours."""
+        """``min_length``: no EOS on a row that shows fewer tokens with text than it asks, and no
+        blank piece on a row that shows nothing yet after one (a lone "▁"): so a reply of
+        ``min_length`` 1 is never empty, whatever the model favours."""
         blank = self.blank_ids
         short: list[bool] = []
         stuck: list[bool] = []
