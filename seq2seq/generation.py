@@ -374,8 +374,8 @@ class GenerationBatch:
                 continue
             for history in seq.histories:
                 short.append(shows_fewer(history, params.min_length, blank))
-                nothing = all(t in blank for t in history)
-                stuck.append(bool(blank) and nothing and (bool(history) or params.max_length == 1))
+                shows_nothing = bool(blank) and shows_fewer(history, 1, blank)
+                stuck.append(shows_nothing and (bool(history) or params.max_length == 1))
             seq.long_enough = not any(short[-seq.rows :])
         logprobs = forbid(logprobs, torch.tensor(short, device=self.device))
         if any(stuck):

@@ -27,7 +27,7 @@ def decode_all(
 ) -> list[Hypothesis]:
     """The best hypothesis for each source, as the server decodes it: ``params.max_length`` is
     also capped by the source's length (:func:`~seq2seq.decoding.source_length_cap`),
-    ``end_mark`` ends sources that end no sentence (:func:`~seq2seq.tokenizer.end_sentence`), and
+    ``end_mark`` ends sources that end no sentence (:func:`~seq2seq.tokenizer.end_sentence`),
     ``backward`` reranks beams when ``params.mmi_weight`` is set (:mod:`seq2seq.rerank`), and
     ``min_length`` counts no ``blank_ids`` (the target tokenizer's, as the server's batch does)."""
     requests = []

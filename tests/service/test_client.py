@@ -8,11 +8,13 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from seq2seq.config import EOS_ID
 from seq2seq.decoding import DecodeParams, FinishReason
 from seq2seq.device_model import load_model
 from seq2seq.generation import Hypothesis, StepEvent
+from seq2seq.state import DecoderState
 from service.engine.client import EngineClient, LocalEngine, RequestStream
 from service.engine.engine import Engine
 from service.engine.messages import Abort, Command, EngineStats, Outputs
@@ -135,7 +137,7 @@ def test_a_served_reply_of_min_length_one_shows_text(tiny_store: Path) -> None:
     engine = Engine("m", model, sink, max_rows=8)
     step = engine.batch.decode_step
 
-    def word_start_then_eos(tokens, state):  # noqa: ANN001, ANN202 - the decode_step hook's own types
+    def word_start_then_eos(tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
         logprobs, state = step(tokens, state)
         logprobs = logprobs.clone()
         logprobs[:, word_start] += 100.0  # "▁" first ...
