@@ -93,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vocab-size", type=int, default=6000, help="SentencePiece pieces per side")
     p.add_argument("--joint-vocab", action="store_true", help="one tokenizer and embedding for both sides")
     p.add_argument("--tokenizers-from", type=Path, help="reuse source.model/target.model of this run dir")
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        help="start from these weights (.safetensors of a run with the same model options and tokenizers, "
+        "e.g. its best.safetensors) instead of random ones: fine-tuning",
+    )
     p.add_argument("--max-len", type=int, default=100, help="drop training pairs longer than this (pieces)")
     p.add_argument("--max-tokens", type=int, default=4000, help="target tokens per batch")
     p.add_argument("--lr", type=float, default=2e-3)
@@ -325,6 +331,9 @@ class Trainer:
         if self.resume():
             self.note_resume()
         else:
+            if args.init_from:
+                load_weights(self.model, args.init_from)
+                log.info("initialised from %s", args.init_from)
             self.save_run_info()
         log.info(
             "%s: %d params, %d train / %d val pairs, threads=%d",

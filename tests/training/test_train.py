@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from seq2seq.checkpoint import CheckpointError
 from seq2seq.decoding import DecodeParams
 from seq2seq.generation import GenerationRequest, generate
 from tests.training.conftest import TrainedRun, reverse_pairs, run_train, train_argv, write_tsv
@@ -196,3 +197,24 @@ def test_a_run_resumed_with_other_options_says_so_in_its_run_info(tmp_path: Path
     info = json.loads((tmp_path / "switched" / "run.json").read_text())
     assert info["resumed_with"] == [{"epoch": 0, "batch": 1, "amp": "bf16"}]  # not the time budget
     assert info["args"]["amp"] == "bf16"
+
+
+def test_fine_tuning_starts_from_the_given_weights(tmp_path: Path, trained_run: TrainedRun) -> None:
+    """``--init-from`` starts a new run from another run's weights: with a learning rate of 0
+    the new run's model is the trained one, and it knows the task from its first epoch on."""
+    base = trained_run.run_dir
+    argv = small_run(tmp_path, "tuned", "--tokenizers-from", str(base), "--lr", "0", "--epochs", "1")
+    state = run_train([*argv, "--init-from", str(base / "best.safetensors")])
+    assert state["history"][0]["val_bleu"] > 90
+    assert exact_match(tmp_path / "tuned", trained_run.test, DecodeParams(max_length=12)) >= 0.9
+    assert json.loads((tmp_path / "tuned" / "run.json").read_text())["args"]["init_from"] == str(
+        base / "best.safetensors"
+    )
+    scratch = run_train(small_run(tmp_path, "scratch", "--tokenizers-from", str(base), "--lr", "0", "--epochs", "1"))
+    assert scratch["history"][0]["val_bleu"] < 10
+
+
+def test_fine_tuning_refuses_weights_of_another_model_shape(tmp_path: Path, trained_run: TrainedRun) -> None:
+    argv = small_run(tmp_path, "wider", "--tokenizers-from", str(trained_run.run_dir), "--hidden-dim", "48")
+    with pytest.raises(CheckpointError, match="shape"):
+        run_train([*argv, "--init-from", str(trained_run.run_dir / "best.safetensors")])
