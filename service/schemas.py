@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, create_model, model_validator
 
-from seq2seq.decoding.params import JSON_NUMBER, DecodeParams, MaxLength, MMIWeight, NoRepeatNgram
+from seq2seq.decoding.params import JSON_NUMBER, DecodeParams, LengthPenalty, MaxLength, MMIWeight, NoRepeatNgram
 from seq2seq.optimize import Quantization
 
 
@@ -57,6 +57,14 @@ def _decoding_fields() -> dict[str, Any]:
     fields["no_repeat_ngram_size"] = (
         NoRepeatNgram | None,
         Field(None, description="never repeat an n-gram of this size; 0 = off; default: the model's (chosen on val)"),
+    )
+    fields["length_penalty"] = (
+        LengthPenalty | None,
+        Field(
+            None,
+            description="GNMT alpha that ranks the beams; default: the model's (chosen on val with its beam size), "
+            "else 1.0",
+        ),
     )
     fields["mmi_weight"] = (
         MMIWeight | None,

@@ -33,6 +33,7 @@ DEADLINE_MARGIN_S = 2.0
 _PASSED_AS_THEY_ARE = {f.name for f in dataclasses.fields(DecodeParams)} - {
     "max_length",
     "min_length",
+    "length_penalty",
     "no_repeat_ngram_size",
     "mmi_weight",
 }
@@ -108,13 +109,14 @@ def decode_params(
         if value is not None and value > settings.max_output_tokens:
             raise InvalidRequest(f"{field} {value} is above the limit of {settings.max_output_tokens}")
     max_length = options.max_length or min(source_length_cap(src_len), settings.max_output_tokens)
-    no_repeat, mmi = options.no_repeat_ngram_size, options.mmi_weight
+    no_repeat, mmi, alpha = options.no_repeat_ngram_size, options.mmi_weight, options.length_penalty
     if mmi is None:  # the model's default reranks beams; greedy and sampled outputs have nothing to rerank
         mmi = model_decoding.get("mmi_weight", 0.0) if options.beam_size > 1 else 0.0
     try:
         return DecodeParams(
             max_length=max_length,
             no_repeat_ngram_size=no_repeat if no_repeat is not None else model_decoding.get("no_repeat_ngram_size", 0),
+            length_penalty=alpha if alpha is not None else model_decoding.get("length_penalty", 1.0),
             mmi_weight=mmi,
             # a default max_length follows the source: min_length is capped by it, not refused
             min_length=options.min_length if options.max_length else min(options.min_length, max_length),

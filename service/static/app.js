@@ -266,7 +266,7 @@ tabFromHash();
 const OPTION_FIELDS = [
   { name: "beam_size", label: "Beam size", min: 1, step: 1, placeholder: "1", hint: "1 = greedy", views: ["translate", "chat"] },
   { name: "n_best", label: "N-best", min: 1, step: 1, placeholder: "1", hint: "alternatives, ≤ beam size", views: ["translate"] },
-  { name: "length_penalty", label: "Length penalty", min: 0, step: 0.1, placeholder: "1.0", hint: "ranks beams", views: ["translate", "chat"] },
+  { name: "length_penalty", label: "Length penalty", min: 0, step: 0.1, placeholder: "model's", hint: "ranks beams", views: ["translate", "chat"] },
   { name: "max_length", label: "Max length", min: 1, step: 1, placeholder: "auto", hint: "generated tokens", views: ["translate", "chat"] },
   { name: "mmi_weight", label: "MMI weight", min: 0, max: 1, step: 0.1, placeholder: "model's", hint: "reranks beams by p(message | reply)", views: ["chat"] },
 ];

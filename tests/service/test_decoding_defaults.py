@@ -1,5 +1,6 @@
-"""Decoding defaults that come from the model (``no_repeat_ngram_size``, ``mmi_weight``: chosen on val, in
-the manifest), the end mark, and MMI reranking with the model's backward model."""
+"""Decoding defaults that come from the model (``no_repeat_ngram_size``, ``length_penalty``,
+``mmi_weight``: chosen on val, in the manifest), the end mark, and MMI reranking with the model's
+backward model."""
 
 from __future__ import annotations
 
@@ -158,3 +159,25 @@ async def test_a_streamed_mmi_reply_is_the_reranked_one_in_a_single_done_event(
     events = [block for block in raw.split("\n\n") if block.strip()]
     assert len(events) == 1 and events[0].startswith("event: done\n")
     assert json.loads(events[0].split("\n")[1].removeprefix("data: "))["reply"] == expected
+
+
+async def test_the_models_length_penalty_ranks_the_beams_unless_the_request_sets_one(
+    app_client: AppClient, tiny_store: Path, tmp_path: Path
+):
+    def offline(length_penalty: float) -> list[str]:
+        loaded = load_model_dir(tiny_store / "chat-en" / "1")
+        params = DecodeParams(max_length=20, min_length=1, beam_size=4, length_penalty=length_penalty)
+        requests = [GenerationRequest(m, loaded.source_tokenizer.encode(m), params) for m in MESSAGES]
+        results = generate(loaded.model, requests)
+        return [loaded.target_tokenizer.decode(results[m][0].tokens) for m in MESSAGES]
+
+    long, plain = offline(5.0), offline(1.0)
+    assert long != plain  # alpha changes the tiny model's choice
+    store = Path(shutil.copytree(tiny_store, tmp_path / "model_store"))
+    path = store / "chat-en" / "1" / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "decoding": {"length_penalty": 5.0}}))
+    async with app_client(model_store=store) as (client, _):
+        assert await replies(client, beam_size=4, max_length=20) == long
+        assert await replies(client, beam_size=4, max_length=20, length_penalty=1.0) == plain
+    async with app_client(model_store=tiny_store) as (client, _):  # no default in the manifest: 1.0
+        assert await replies(client, beam_size=4, max_length=20) == plain
