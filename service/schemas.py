@@ -222,7 +222,10 @@ class ModelInfo(BaseModel):
     description: str | None = None
     evaluation: dict[str, Any] | None = None
     decoding: dict[str, Any] | None = Field(
-        None, description="its decoding defaults, chosen on val (beam_size, length_penalty, no_repeat_ngram_size, ...)"
+        None,
+        description="its decoding settings, chosen on val: length_penalty, no_repeat_ngram_size and mmi_weight are "
+        "the defaults of requests to it; beam_size is the beam they were chosen with (requests are greedy unless "
+        "they set beam_size)",
     )
     mmi_reranking: bool = Field(False, description="it ships a backward model: requests may set mmi_weight")
     device: str | None = None
