@@ -19,9 +19,10 @@ from tests.service.conftest import AppClient
 TEXTS = ["Ein Mann spielt im Park mit einem Hund.", "Zwei Kinder laufen auf der Straße.", "Ein Hund."]
 
 
-def with_decoding(tiny_store: Path, tmp_path: Path, decoding: dict) -> Path:
+def with_decoding(tiny_store: Path, tmp_path: Path, decoding: dict, model: str = "translate-de-en-basic") -> Path:
+    """A copy of the tiny store whose ``model`` has these decoding defaults in its manifest."""
     store = Path(shutil.copytree(tiny_store, tmp_path / "model_store"))
-    path = store / "translate-de-en-basic" / "1" / "manifest.json"
+    path = store / model / "1" / "manifest.json"
     manifest = json.loads(path.read_text())
     path.write_text(json.dumps({**manifest, "decoding": {**manifest.get("decoding", {}), **decoding}}))
     return store
@@ -84,7 +85,7 @@ async def test_the_models_end_mark_ends_a_source_that_ends_no_sentence(
 MESSAGES = ["a man runs in the park", "two dogs", "the woman plays with a red ball", "hello"]
 
 
-def offline_replies(store: Path, mmi_weight: float, beam_size: int = 4) -> list[str]:
+def offline_replies(store: Path, mmi_weight: float, beam_size: int = 4, length_penalty: float = 1.0) -> list[str]:
     """The tiny chat model's replies decoded here, as the server should decode them."""
     loaded = load_model_dir(store / "chat-en" / "1")
     tok = loaded.source_tokenizer
@@ -92,7 +93,11 @@ def offline_replies(store: Path, mmi_weight: float, beam_size: int = 4) -> list[
     for i, message in enumerate(MESSAGES):
         ids = tok.encode(message)
         params = DecodeParams(
-            max_length=source_length_cap(len(ids)), min_length=1, beam_size=beam_size, mmi_weight=mmi_weight
+            max_length=source_length_cap(len(ids)),
+            min_length=1,
+            beam_size=beam_size,
+            length_penalty=length_penalty,
+            mmi_weight=mmi_weight,
         )
         requests.append(GenerationRequest(str(i), ids, params))
     results = generate(loaded.model, requests, backward=loaded.backward)
@@ -120,9 +125,7 @@ async def test_mmi_reranks_the_beams_with_the_models_backward_model(app_client: 
 
 
 async def test_the_models_mmi_default_reranks_beams_only(app_client: AppClient, tiny_store: Path, tmp_path: Path):
-    store = Path(shutil.copytree(tiny_store, tmp_path / "model_store"))
-    path = store / "chat-en" / "1" / "manifest.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "decoding": {"mmi_weight": 0.9}}))
+    store = with_decoding(tiny_store, tmp_path, {"mmi_weight": 0.9}, model="chat-en")
     async with app_client(model_store=store) as (client, _):
         assert await replies(client, beam_size=4) == offline_replies(store, 0.9)
         assert await replies(client, beam_size=4, mmi_weight=0) == offline_replies(store, 0.0)
@@ -164,20 +167,11 @@ async def test_a_streamed_mmi_reply_is_the_reranked_one_in_a_single_done_event(
 async def test_the_models_length_penalty_ranks_the_beams_unless_the_request_sets_one(
     app_client: AppClient, tiny_store: Path, tmp_path: Path
 ):
-    def offline(length_penalty: float) -> list[str]:
-        loaded = load_model_dir(tiny_store / "chat-en" / "1")
-        params = DecodeParams(max_length=20, min_length=1, beam_size=4, length_penalty=length_penalty)
-        requests = [GenerationRequest(m, loaded.source_tokenizer.encode(m), params) for m in MESSAGES]
-        results = generate(loaded.model, requests)
-        return [loaded.target_tokenizer.decode(results[m][0].tokens) for m in MESSAGES]
-
-    long, plain = offline(5.0), offline(1.0)
+    long, plain = offline_replies(tiny_store, 0.0, length_penalty=5.0), offline_replies(tiny_store, 0.0)
     assert long != plain  # alpha changes the tiny model's choice
-    store = Path(shutil.copytree(tiny_store, tmp_path / "model_store"))
-    path = store / "chat-en" / "1" / "manifest.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "decoding": {"length_penalty": 5.0}}))
+    store = with_decoding(tiny_store, tmp_path, {"length_penalty": 5.0}, model="chat-en")
     async with app_client(model_store=store) as (client, _):
-        assert await replies(client, beam_size=4, max_length=20) == long
-        assert await replies(client, beam_size=4, max_length=20, length_penalty=1.0) == plain
+        assert await replies(client, beam_size=4) == long
+        assert await replies(client, beam_size=4, length_penalty=1.0) == plain
     async with app_client(model_store=tiny_store) as (client, _):  # no default in the manifest: 1.0
-        assert await replies(client, beam_size=4, max_length=20) == plain
+        assert await replies(client, beam_size=4) == plain
